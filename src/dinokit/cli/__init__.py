@@ -1,0 +1,1 @@
+"""Command line: flags become typed configs; the library takes the configs."""

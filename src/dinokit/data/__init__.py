@@ -1,0 +1,7 @@
+"""Data: image folders, robust decoding, evaluation preprocessing."""
+
+from .folder import IMG_EXTENSIONS, ImageDecodeError, ImageList, find_images, load_rgb
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize, pil_to_uint8
+
+__all__ = ["IMG_EXTENSIONS", "ImageDecodeError", "ImageList", "find_images", "load_rgb",
+           "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "normalize", "pil_to_uint8"]

@@ -1,0 +1,135 @@
+"""Image folders: find every image below a root, decode any common format to RGB, skip the unusable.
+
+A root may hold class sub-folders (``root/<class>/*.jpg``, labels follow sorted class names) or
+images directly or at any depth (label 0 for all when there are no class folders).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import DataError
+
+__all__ = ["IMG_EXTENSIONS", "ImageDecodeError", "load_rgb", "find_images", "ImageList"]
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Decompression-bomb guard of PIL raised: 12k x 12k photos are legitimate; 1 Gpx is not.
+MAX_PIXELS = 1 << 30
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageDecodeError(Exception):
+    """One file that cannot be turned into an RGB image."""
+
+
+def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB PIL image, EXIF orientation applied.
+
+    Grayscale, palette, RGBA (composited on white), CMYK, 16-bit and float images are converted.
+    With ``max_side``, large images are reduced while decoding (JPEG draft mode) and then resized
+    so that their longer side is at most ``max_side``. Raises ``ImageDecodeError`` naming the file.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; failures still raise
+            with Image.open(path) as im:
+                if max_side and im.format == "JPEG":
+                    im.draft("RGB", (max_side, max_side))
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                im = _to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        raise ImageDecodeError(f"{path}: {type(e).__name__}: {e}") from None
+    if im.width < 1 or im.height < 1:
+        raise ImageDecodeError(f"{path}: empty image")
+    if max_side and max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / peak * 255.0 if peak != 255.0 else a, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def find_images(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
+    """``(paths, labels, classes)`` of every image file below ``root``, in a stable order.
+
+    Raises ``DataError`` with the folder's name when it is missing or holds no image.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = _scan(root, recursive=False)
+    if subdirs and not loose:
+        classes = subdirs
+        paths, labels = [], []
+        for i, name in enumerate(classes):
+            found = _scan(root / name, recursive=True)
+            paths += found
+            labels += [i] * len(found)
+    else:
+        classes = [""]
+        paths = _scan(root, recursive=True)
+        labels = [0] * len(paths)
+    if not paths:
+        raise DataError(f"no images found in {str(root)!r} (looked for {', '.join(IMG_EXTENSIONS)}, "
+                        f"searched sub-folders too)")
+    return paths, labels, classes
+
+
+def _scan(folder: Path, recursive: bool) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames)
+                if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+        if not recursive:
+            break
+    return out
+
+
+@dataclass
+class ImageList:
+    """The images of a folder, with labels; ``bad`` collects files found unusable while decoding."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    root: Path
+    bad: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike) -> "ImageList":
+        paths, labels, classes = find_images(root)
+        return cls(paths, labels, classes, Path(root))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def has_labels(self) -> bool:
+        return len(self.classes) > 1 or self.classes != [""]

@@ -1,0 +1,184 @@
+"""Loading DINO weights: the official release files, full training checkpoints, and our own.
+
+Every file is read with ``torch.load(weights_only=True)`` (or safetensors): a checkpoint can hold
+tensors and plain containers, never code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DinokitError
+from .resnet import resnet50
+from .vision_transformer import VisionTransformer, vit_base, vit_small, vit_tiny
+
+__all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
+           "build_backbone", "infer_arch", "CheckpointError"]
+
+_BASE = "https://dl.fbaipublicfiles.com/dino"
+PRETRAINED_URLS = {
+    "dino_vits16": f"{_BASE}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    "dino_vits8": f"{_BASE}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+    "dino_vitb16": f"{_BASE}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dino_vitb8": f"{_BASE}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+    "dino_resnet50": f"{_BASE}/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+}
+_RELEASE_ARCH = {"dino_vits16": ("vit_small", 16), "dino_vits8": ("vit_small", 8),
+                 "dino_vitb16": ("vit_base", 16), "dino_vitb8": ("vit_base", 8),
+                 "dino_resnet50": ("resnet50", None)}
+_VIT_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
+ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base, "resnet50": resnet50}
+
+
+class CheckpointError(DinokitError, RuntimeError):
+    """A weights file that cannot be read or does not fit the requested network."""
+
+
+def build_backbone(arch: str, patch_size: int = 16, **kwargs) -> nn.Module:
+    """Backbone by name: ``vit_tiny``, ``vit_small``, ``vit_base`` (any patch size) or ``resnet50``."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "resnet50":
+        return resnet50()
+    return ARCHS[arch](patch_size=patch_size, **kwargs)
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """Read a ``.pth`` / ``.safetensors`` file as a dict of tensors and plain values, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises several types for a bad header
+            raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    try:
+        # Official full checkpoints keep their argparse.Namespace of flags: allow that type only.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it contains Python objects other than tensors and plain "
+            f"containers, which could run code when unpickled. Only load files you trust; if you do, "
+            f"re-save its state_dict with torch.save(model.state_dict(), ...). Details: "
+            f"{str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
+                              f"format?): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str, torch.Tensor]:
+    """The backbone weights of any supported checkpoint layout.
+
+    Accepts a bare backbone state dict, a full training checkpoint (``student`` / ``teacher``
+    entries holding ``backbone.*`` and ``head.*``), or a ``model`` / ``state_dict`` wrapper;
+    strips ``module.`` (DDP) and ``backbone.`` prefixes and drops head weights.
+    """
+    sd = ckpt
+    if checkpoint_key in ckpt and isinstance(ckpt[checkpoint_key], dict):
+        sd = ckpt[checkpoint_key]
+    else:
+        for key in ("state_dict", "model"):
+            if key in ckpt and isinstance(ckpt[key], dict):
+                sd = ckpt[key]
+                break
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = k.removeprefix("module.").removeprefix("_orig_mod.")
+        if k.startswith("head.") or k.startswith("fc."):
+            continue
+        out[k.removeprefix("backbone.")] = v
+    return out
+
+
+def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, int | None, int]:
+    """``(arch, patch_size, img_size)`` read off a backbone state dict's tensor shapes."""
+    if "layer4.0.conv1.weight" in sd:
+        return "resnet50", None, 224
+    if "patch_embed.proj.weight" not in sd or "pos_embed" not in sd:
+        raise CheckpointError("cannot recognise the architecture: no ViT patch embedding or ResNet "
+                              f"layers among the keys (first keys: {list(sd)[:5]})")
+    width, _, patch, _ = sd["patch_embed.proj.weight"].shape
+    if width not in _VIT_BY_WIDTH:
+        raise CheckpointError(f"ViT width {width} is none of {sorted(_VIT_BY_WIDTH)} (tiny/small/base)")
+    grid = math.isqrt(sd["pos_embed"].shape[1] - 1)
+    return _VIT_BY_WIDTH[width], patch, grid * patch
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local path as is; a release name through the torch hub cache, downloading if absent."""
+    if str(name_or_path) not in PRETRAINED_URLS:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"{str(name_or_path)!r} is neither a file nor one of the release names "
+                                  f"{', '.join(PRETRAINED_URLS)}")
+        return path
+    url = PRETRAINED_URLS[str(name_or_path)]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"could not download {url} ({type(e).__name__}: {e}). Without network access, fetch the "
+                f"file elsewhere and pass its local path, or place it at {cached}") from None
+    return cached
+
+
+def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, patch_size: int | None = None,
+                    checkpoint_key: str = "teacher", **model_kwargs) -> nn.Module:
+    """Build a backbone and load DINO weights into it, strictly.
+
+    ``name_or_path`` is a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``,
+    ``dino_vitb8``, ``dino_resnet50``) or a local ``.pth`` / ``.safetensors`` file: a backbone-only
+    file or a full training checkpoint, whose ``checkpoint_key`` entry (``teacher`` by default) is
+    used. ``arch`` and ``patch_size`` are inferred from the tensors when not given. Returns the
+    backbone in eval mode.
+    """
+    path = _resolve(name_or_path)
+    sd = backbone_state_dict(load_checkpoint_file(path), checkpoint_key)
+    if not sd:
+        raise CheckpointError(f"{path} contains no tensors under {checkpoint_key!r} or at its top level")
+    if arch is None and str(name_or_path) in _RELEASE_ARCH:
+        arch, patch_size = _RELEASE_ARCH[str(name_or_path)]
+    inferred_arch, inferred_patch, img_size = infer_arch(sd)
+    arch = arch or inferred_arch
+    patch_size = patch_size or inferred_patch or 16
+    if arch.startswith("vit"):
+        model_kwargs.setdefault("img_size", img_size)
+    model = build_backbone(arch, patch_size, **model_kwargs)
+    load_state_dict_strict(model, sd, source=str(path))
+    return model.eval()
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``model.load_state_dict(sd, strict=True)`` with an error that lists what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{source} does not fit {type(model).__name__}"]
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                parts.append(f"{label}: {shown}")
+        parts.append("check --arch / --patch_size, or the checkpoint_key (teacher / student)")
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict(sd, strict=True)
