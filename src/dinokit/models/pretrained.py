@@ -71,7 +71,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
             f"containers, which could run code when unpickled. Only load files you trust; if you do, "
             f"re-save its state_dict with torch.save(model.state_dict(), ...). Details: "
             f"{str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # garbage bytes surface as almost any exception type
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
                               f"format?): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(obj, dict):

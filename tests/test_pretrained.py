@@ -1,0 +1,138 @@
+"""Weights in both release formats load strictly; wrong or unsafe files get clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import dinokit
+from dinokit.models import (CheckpointError, DINOHead, MultiCropWrapper, load_pretrained, resnet50, vit_small,
+                            vit_tiny)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def full_checkpoint(student, teacher) -> dict:
+    """The layout of the release's *_full_checkpoint.pth: DDP student, plain teacher, argparse args."""
+    return {"student": {f"module.{k}": v for k, v in student.state_dict().items()},
+            "teacher": teacher.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
+            "args": Namespace(arch="vit_small", patch_size=8, out_dim=65536), "dino_loss": {"center": torch.zeros(1, 64)}}
+
+
+def test_backbone_only_file_loads_with_inferred_arch(tmp_path):
+    model = vit_small(patch_size=8)
+    torch.save(model.state_dict(), tmp_path / "dino_deitsmall8_pretrain.pth")
+    loaded = load_pretrained(tmp_path / "dino_deitsmall8_pretrain.pth")
+    assert type(loaded).__name__ == "VisionTransformer" and loaded.patch_size == 8 and loaded.embed_dim == 384
+    assert same_weights(model, loaded) and not loaded.training
+
+
+def test_full_checkpoint_teacher_and_student(tmp_path):
+    student = MultiCropWrapper(vit_tiny(patch_size=4, img_size=32), DINOHead(192, 64))
+    teacher = MultiCropWrapper(vit_tiny(patch_size=4, img_size=32), DINOHead(192, 64))
+    torch.save(full_checkpoint(student, teacher), tmp_path / "full.pth")
+    t = load_pretrained(tmp_path / "full.pth")
+    s = load_pretrained(tmp_path / "full.pth", checkpoint_key="student")
+    assert same_weights(t, teacher.backbone) and same_weights(s, student.backbone)
+    assert t.pos_embed.shape == (1, 65, 192)  # image size read off the pos_embed
+
+
+def test_head_loads_official_weight_norm_keys(tmp_path):
+    student = MultiCropWrapper(vit_tiny(patch_size=16, img_size=32), DINOHead(192, 64))
+    head_sd = {k[len("head."):]: v for k, v in student.state_dict().items() if k.startswith("head.")}
+    assert {"last_layer.weight_g", "last_layer.weight_v"} <= head_sd.keys()
+    fresh = DINOHead(192, 64)
+    fresh.load_state_dict(head_sd, strict=True)
+    x = torch.randn(2, 192)
+    torch.testing.assert_close(fresh(x), student.head(x))
+
+
+def test_safetensors_and_resnet(tmp_path):
+    model = resnet50()
+    save_file(model.state_dict(), str(tmp_path / "r50.safetensors"))
+    loaded = load_pretrained(tmp_path / "r50.safetensors")
+    assert same_weights(model, loaded)
+
+
+def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):
+    sd = vit_tiny(patch_size=16).state_dict()
+    del sd["norm.weight"]
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(tmp_path / "bad.pth")
+    assert "missing keys: norm.weight" in str(err.value) and "unexpected keys: extra.weight" in str(err.value)
+    torch.save(vit_tiny(patch_size=16).state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_pretrained(tmp_path / "tiny.pth", arch="vit_small")
+
+
+@pytest.mark.parametrize("content,match", [(b"", "not a readable"), (b"hello, not a checkpoint", "not a readable")])
+def test_wrong_file_gets_clear_error(tmp_path, content, match):
+    (tmp_path / "x.pth").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_pretrained(tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="neither a file nor one of the release names"):
+        load_pretrained(tmp_path / "missing.pth")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    _Evil.marker = tmp_path / "pwned"
+    torch.save({"model": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_pretrained(tmp_path / "evil.pth")
+    assert not _Evil.marker.exists()
+
+
+def test_release_name_uses_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    model = vit_small(patch_size=16)
+    torch.save(model.state_dict(), tmp_path / "checkpoints" / "dino_deitsmall16_pretrain.pth")
+    assert same_weights(model, load_pretrained("dino_vits16"))
+
+
+def test_release_name_offline_without_cache_is_actionable(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError, match="pass its local path"):
+        load_pretrained("dino_vitb8")
+
+
+def test_torch_hub_local_entry_points(tmp_path):
+    model = torch.hub.load(str(REPO), "dino_vits8", source="local", pretrained=False)
+    assert model.patch_size == 8 and model.embed_dim == 384
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    again = torch.hub.load(str(REPO), "dino_vits8", source="local", pretrained=str(tmp_path / "w.pth"))
+    assert same_weights(model, again)
+
+
+def test_cli_help_and_info(tmp_path):
+    torch.save(vit_tiny(patch_size=16).state_dict(), tmp_path / "w.pth")
+    out = subprocess.run([sys.executable, "-m", "dinokit", "info", str(tmp_path / "w.pth")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "VisionTransformer 192-d, patch 16" in out and "5.5" in out
+    bad = subprocess.run([sys.executable, "-m", "dinokit", "info", str(tmp_path / "nope.pth")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.pth" in bad.stderr
+    assert hasattr(dinokit, "load_pretrained")
