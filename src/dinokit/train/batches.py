@@ -1,0 +1,124 @@
+"""Batches for training: uint8 image canvases from memory or from DataLoader workers, and the
+multi-crop views made from them on the training device."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+
+from ..augment import DINOMultiCrop
+from ..data import ImageList
+from ..data.train_dataset import CachedImages, TrainImageDataset, collate_skip_bad, estimate_decoded_bytes
+from ..errors import ConfigError
+
+__all__ = ["TrainBatches"]
+
+log = logging.getLogger("dinokit.train")
+
+
+def _total_ram() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class _ShardSampler(torch.utils.data.Sampler):
+    """This rank's slice of one seeded permutation per epoch, from ``skip`` batches on."""
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int):
+        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
+        self.epoch, self.skip = 0, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        per_rank = (self.n // (self.batch * self.world)) * self.batch
+        mine = perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return iter(mine[self.skip * self.batch:].tolist())
+
+    def __len__(self):
+        return (self.n // (self.batch * self.world)) * self.batch - self.skip * self.batch
+
+
+class TrainBatches:
+    """``epoch(e, skip)`` yields ``(images uint8 [B, 3, S, S], hw [B, 2])`` on the device;
+    ``views(images, hw, it)`` turns them into the 2 + N normalised crops of DINO."""
+
+    def __init__(self, cfg, dist_info, device: torch.device):
+        self.cfg, self.dist, self.device = cfg, dist_info, device
+        self.images = ImageList.from_folder(cfg.data_path)
+        self.num_images = len(self.images)
+        per_step = cfg.batch_size_per_gpu * dist_info.world_size
+        if per_step > self.num_images:
+            raise ConfigError(f"batch of {per_step} images ({cfg.batch_size_per_gpu} per process x "
+                              f"{dist_info.world_size}) is larger than the {self.num_images} images in "
+                              f"{cfg.data_path}; lower --batch_size_per_gpu")
+        self.canvas = cfg.canvas_size or max(cfg.global_crops_size, round(cfg.global_crops_size * 256 / 224))
+        self.augment = DINOMultiCrop(
+            global_crops_scale=tuple(cfg.global_crops_scale), local_crops_scale=tuple(cfg.local_crops_scale),
+            local_crops_number=cfg.local_crops_number, global_size=cfg.global_crops_size,
+            local_size=cfg.local_crops_size, blur_sigma=tuple(cfg.blur_sigma))
+        self.cached = self._build_cache() if self._want_cache() else None
+        self._reported_bad: set[str] = set()
+        if self.cached is None:
+            self.dataset = TrainImageDataset(self.images, self.canvas)
+            self.sampler = _ShardSampler(self.num_images, cfg.batch_size_per_gpu, dist_info.rank,
+                                         dist_info.world_size, cfg.seed)
+        else:
+            self._report_bad(self.cached.bad)
+
+    def __len__(self) -> int:
+        n = len(self.cached.labels) if self.cached is not None else self.num_images
+        return n // (self.cfg.batch_size_per_gpu * self.dist.world_size)
+
+    def _want_cache(self) -> bool:
+        if self.cfg.cache == "yes":
+            return True
+        if self.cfg.cache == "no":
+            return False
+        return estimate_decoded_bytes(self.num_images, self.canvas) <= _total_ram() // 4
+
+    def _build_cache(self) -> CachedImages:
+        log.info("decoding %d images once into memory (%dx%d canvases)", self.num_images, self.canvas, self.canvas)
+        cache_file = os.path.join(self.cfg.output_dir, f"decoded_{self.canvas}.pt")
+        return CachedImages.build(self.images, self.canvas, num_workers=self.cfg.num_workers, cache_file=cache_file)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.cfg
+        if self.cached is not None:
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            batches = self.cached.batches(cfg.batch_size_per_gpu, g, drop_last=True, rank=self.dist.rank,
+                                          world_size=self.dist.world_size)
+            for i, (images, hw, _labels, _idx) in enumerate(batches):
+                if i >= skip:
+                    yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
+            return
+        self.sampler.epoch, self.sampler.skip = epoch, skip
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, num_workers=cfg.num_workers,
+            collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda", drop_last=True,
+            persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None)
+        for images, hw, _labels, _idx, bad in loader:
+            if bad:
+                self._report_bad({str(self.images.paths[j]): "could not be decoded" for j in bad})
+            if images.shape[0] == 0:
+                continue
+            yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
+
+    def views(self, images: torch.Tensor, hw: torch.Tensor, it: int) -> list[torch.Tensor]:
+        """Multi-crop views, reproducible from the seed, the iteration and the rank."""
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + it) * 131 + self.dist.rank)
+        return self.augment(images, hw, g)
+
+    def _report_bad(self, bad: dict[str, str]) -> None:
+        new = {k: v for k, v in bad.items() if k not in self._reported_bad}
+        if not new:
+            return
+        self._reported_bad.update(new)
+        names = ", ".join(sorted(new)[:20]) + (" ..." if len(new) > 20 else "")
+        log.warning("skipped %d unusable image file(s) (%d in all so far): %s", len(new),
+                    len(self._reported_bad), names)

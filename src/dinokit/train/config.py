@@ -1,0 +1,217 @@
+"""The training configuration: every flag of the official ``main_dino.py`` (same names, same
+defaults) plus dinokit's own, as one typed dataclass, with presets and YAML files."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from ..errors import ConfigError
+
+__all__ = ["TrainConfig", "PRESETS", "load_config", "parse_duration"]
+
+
+@dataclass
+class TrainConfig:
+    # --- model (official names and defaults) ---
+    arch: str = "vit_small"
+    patch_size: int = 16
+    out_dim: int = 65536
+    norm_last_layer: bool = True
+    momentum_teacher: float = 0.996
+    use_bn_in_head: bool = False
+    # --- temperature ---
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    # --- optimisation ---
+    use_fp16: bool = True
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    batch_size_per_gpu: int = 64
+    epochs: int = 100
+    freeze_last_layer: int = 1
+    lr: float = 0.0005
+    warmup_epochs: int = 10
+    min_lr: float = 1e-6
+    optimizer: str = "adamw"
+    drop_path_rate: float = 0.1
+    # --- multi-crop ---
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    # --- misc ---
+    data_path: str = "/path/to/imagenet/train/"
+    output_dir: str = "."
+    saveckp_freq: int = 20
+    seed: int = 0
+    num_workers: int = 10
+    dist_url: str = "env://"
+    local_rank: int = 0
+    # --- dinokit ---
+    global_crops_size: int = 224
+    local_crops_size: int = 96
+    precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_nlayers: int = 3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    canvas_size: int = 0             # side of the decoded image canvas; 0: from global_crops_size
+    cache: str = "auto"              # decode the dataset once into memory: auto | yes | no
+    time_budget: str = ""            # e.g. 30m, 1h30m: fit the whole schedule into this wall-clock time
+    knn_every: int = 0               # run online k-NN every N epochs (0: never)
+    knn_train_path: str = ""
+    knn_val_path: str = ""
+    knn_k: int = 20
+    log_every: int = 10              # iterations between metrics.jsonl rows
+    compile: bool = False            # torch.compile the student and teacher
+    device: str = "auto"
+    dist_timeout_s: int = 600        # a dead rank makes the others fail after this long
+    report: bool = True              # write report.html at the end
+    preset: str = ""
+    max_steps: int = 0               # stop after this many iterations (smoke tests, profiling)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ConfigError`` for values that are out of range or inconsistent."""
+        from ..models import ARCHS
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.optimizer not in ("adamw", "sgd", "lars"):
+            problems.append(f"--optimizer {self.optimizer!r} is not one of adamw, sgd, lars")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"--precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
+        if self.cache not in ("auto", "yes", "no"):
+            problems.append(f"--cache {self.cache!r} is not one of auto, yes, no")
+        if self.arch.startswith("vit"):
+            for name in ("global_crops_size", "local_crops_size"):
+                size = getattr(self, name)
+                if size % self.patch_size:
+                    problems.append(f"--{name} {size} is not a multiple of --patch_size {self.patch_size}")
+        for name in ("batch_size_per_gpu", "out_dim", "patch_size", "global_crops_size", "local_crops_size"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.epochs <= 0 and not self.time_budget:
+            problems.append("--epochs must be positive (or give --time_budget)")
+        if self.local_crops_number < 0:
+            problems.append("--local_crops_number cannot be negative")
+        for name in ("global_crops_scale", "local_crops_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                problems.append(f"--{name} {lo} {hi}: need 0 < min <= max <= 1")
+        if self.warmup_teacher_temp_epochs > max(self.epochs, 0) and not self.time_budget:
+            problems.append("--warmup_teacher_temp_epochs exceeds --epochs")
+        if self.time_budget:
+            parse_duration(self.time_budget)
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# Named recipes. "cifar" learns fast on small 32 px data; "vits16" is the paper's ViT-S/16 run.
+PRESETS: dict[str, dict[str, Any]] = {
+    "vits16": dict(arch="vit_small", patch_size=16, out_dim=65536, norm_last_layer=False, epochs=100,
+                   warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30,
+                   batch_size_per_gpu=64, lr=0.0005, min_lr=1e-5, local_crops_number=10,
+                   global_crops_size=224, local_crops_size=96, drop_path_rate=0.1, momentum_teacher=0.996),
+    "cifar": dict(arch="vit_tiny", patch_size=4, out_dim=65536, global_crops_size=32, local_crops_size=16,
+                  local_crops_number=6, batch_size_per_gpu=64, drop_path_rate=0.0, canvas_size=32,
+                  global_crops_scale=(0.4, 1.0), local_crops_scale=(0.1, 0.4), num_workers=2),
+    # The demo: a few CPU minutes on a few thousand images; found by measuring (see benchmarks/).
+    "demo": dict(arch="vit_tiny", patch_size=4, out_dim=4096, global_crops_size=32, local_crops_size=16,
+                 local_crops_number=4, batch_size_per_gpu=64, drop_path_rate=0.0, canvas_size=32,
+                 global_crops_scale=(0.3, 1.0), local_crops_scale=(0.1, 0.3), num_workers=2,
+                 lr=0.001, warmup_epochs=1, min_lr=1e-5, momentum_teacher=0.99, teacher_temp=0.04,
+                 weight_decay=0.04, weight_decay_end=0.1, freeze_last_layer=0, time_budget="5m", epochs=100),
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"30m"``, ``"1h30m"``, ``"2h"`` or a bare number of minutes."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"--time_budget {text!r}: use a duration such as 90s, 30m, 1h30m")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError("--time_budget must be positive")
+    return seconds
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """A YAML/flag value converted to the field's type, or ``ConfigError``."""
+    try:
+        if typ is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if typ in (int, float):
+            if isinstance(value, bool):
+                raise TypeError
+            out = typ(value)
+            if typ is int and isinstance(value, float) and value != int(value):
+                raise TypeError
+            return out
+        if typ is str:
+            return str(value)
+        if str(typ).startswith("tuple"):
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            lo, hi = (float(v) for v in value)
+            return (lo, hi)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{name}: {value!r} is not a valid {getattr(typ, '__name__', typ)}")
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,
+                preset: str | None = None) -> TrainConfig:
+    """Defaults < preset < YAML file < explicit overrides (flags given on the command line)."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset], preset=preset)
+    if config_file:
+        values.update(_read_yaml(config_file))
+    values.update(overrides or {})
+    hints = get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+    typed = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    return TrainConfig(**typed).validate()
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of flag: value")
+    return data
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(TrainConfig))
+

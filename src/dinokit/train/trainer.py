@@ -1,0 +1,294 @@
+"""The DINO training loop: student and EMA teacher, multi-crop views made on the device,
+per-iteration schedules, atomic checkpoints, automatic resume, optional wall-clock budget."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from ..errors import ConfigError, DinokitError
+from ..models import DINOHead, MultiCropWrapper, build_backbone
+from .batches import TrainBatches
+from .checkpoint import load_for_resume, save_atomic
+from .config import TrainConfig, parse_duration
+from .distributed import DistInfo, cleanup, init_distributed
+from .ema import TeacherEMA
+from .loss import DINOLoss
+from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
+from .progress import JsonlWriter, ProgressBar
+from .schedules import Schedules
+
+__all__ = ["train", "Trainer", "TrainingDiverged", "TrainingInterrupted", "build_student_teacher"]
+
+log = logging.getLogger("dinokit.train")
+
+
+class TrainingDiverged(DinokitError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(DinokitError):
+    """SIGINT / SIGTERM: the current step finished and a checkpoint was written."""
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", cfg.local_rank)))
+    return torch.device("cpu")
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        if device.type == "cpu":
+            return "bf16"
+        return "fp16" if cfg.use_fp16 else "fp32"
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (the default) or fp32")
+    return cfg.precision
+
+
+def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student (with stochastic depth) and teacher of the same architecture, teacher = student."""
+    kw = dict(img_size=cfg.global_crops_size) if cfg.arch.startswith("vit") else {}
+    student_bb = build_backbone(cfg.arch, cfg.patch_size, drop_path_rate=cfg.drop_path_rate, **kw) \
+        if cfg.arch.startswith("vit") else build_backbone(cfg.arch)
+    teacher_bb = build_backbone(cfg.arch, cfg.patch_size, **kw)
+    dim = student_bb.embed_dim
+    head = dict(use_bn=cfg.use_bn_in_head, nlayers=cfg.head_nlayers, hidden_dim=cfg.head_hidden_dim,
+                bottleneck_dim=cfg.head_bottleneck_dim)
+    student = MultiCropWrapper(student_bb, DINOHead(dim, cfg.out_dim, norm_last_layer=cfg.norm_last_layer, **head))
+    teacher = MultiCropWrapper(teacher_bb, DINOHead(dim, cfg.out_dim, **head))
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return student, teacher
+
+
+class Trainer:
+    """Owns the models, optimiser, data and state of one run. ``fit()`` trains to the end."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        self.precision = resolve_precision(cfg, self.device)
+        self.dist: DistInfo = init_distributed(self.device, cfg.dist_timeout_s, cfg.dist_url)
+        self.main = self.dist.rank == 0
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.data = TrainBatches(cfg, self.dist, self.device)
+        self.student, self.teacher = build_student_teacher(cfg)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        self.student_ddp: nn.Module = self.student
+        if self.dist.enabled:
+            self.student_ddp = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ema = TeacherEMA(self.student, self.teacher)
+        ncrops = 2 + cfg.local_crops_number
+        self.loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                             cfg.warmup_teacher_temp_epochs, max(cfg.epochs, 1)).to(self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.student)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
+        self.sched = Schedules(cfg, len(self.data), self.dist.world_size, self.budget_s)
+        self.start_epoch, self.start_iter, self.elapsed_before = 0, 0, 0.0
+        self.metrics = JsonlWriter(self.out / "metrics.jsonl", self.main)
+        self.epoch_log = JsonlWriter(self.out / "log.txt", self.main)
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, epoch: int, iter_in_epoch: int, elapsed: float) -> dict:
+        ckpt = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": epoch, "iter_in_epoch": iter_in_epoch,
+                "elapsed_s": elapsed, "args": self.cfg.to_dict(), "dino_loss": self.loss.state_dict()}
+        if self.scaler is not None:
+            ckpt["fp16_scaler"] = self.scaler.state_dict()
+        return ckpt
+
+    def resume(self) -> None:
+        ckpt = load_for_resume(self.out)
+        if ckpt is None:
+            return
+        self.student.load_state_dict(_strip(ckpt["student"]))
+        self.teacher.load_state_dict(_strip(ckpt["teacher"]))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "dino_loss" in ckpt:
+            self.loss.load_state_dict(ckpt["dino_loss"])
+        if self.scaler is not None and "fp16_scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["fp16_scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.start_iter = int(ckpt.get("iter_in_epoch", 0))
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        log.info("resumed from %s at epoch %d, iteration %d", self.out / "checkpoint.pth",
+                 self.start_epoch, self.start_iter)
+
+    def save(self, epoch: int, iter_in_epoch: int, elapsed: float, numbered: bool = False) -> None:
+        if not self.main:
+            return
+        ckpt = self.state_dict(epoch, iter_in_epoch, elapsed)
+        save_atomic(ckpt, self.out / "checkpoint.pth")
+        if numbered:
+            save_atomic(ckpt, self.out / f"checkpoint{epoch - 1:04}.pth")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.resume()
+        if self.main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            log.info("training %s/%d on %d images (%s, %s), %d iterations per epoch, output in %s",
+                     cfg.arch, cfg.patch_size, self.data.num_images, self.device, self.precision,
+                     len(self.data), self.out)
+        self._install_signal_handlers()
+        t0 = time.monotonic() - self.elapsed_before
+        epoch = self.start_epoch
+        stats = {}
+        try:
+            while not self.sched.finished(epoch, time.monotonic() - t0):
+                stats = self.train_one_epoch(epoch, t0)
+                if stats.get("stopped_early"):
+                    break
+                epoch += 1
+                self.save(epoch, 0, time.monotonic() - t0,
+                          numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
+                self._log_epoch(epoch - 1, stats, time.monotonic() - t0)
+        finally:
+            self._restore_signal_handlers()
+        return {"epochs": epoch, "elapsed_s": time.monotonic() - t0, **stats}
+
+    def train_one_epoch(self, epoch: int, t0: float) -> dict:
+        cfg = self.cfg
+        self.student.train()
+        self.teacher.train()
+        niter = len(self.data)
+        skip = self.start_iter if epoch == self.start_epoch else 0
+        bar = ProgressBar(niter, enabled=self.main)
+        loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
+        last = {}
+        for i, (images, hw) in enumerate(self.data.epoch(epoch, skip), start=skip):
+            it = epoch * niter + i
+            elapsed = time.monotonic() - t0
+            values = self.sched.at(it, epoch, elapsed)
+            loss, last = self.train_step(images, hw, it, epoch, values)
+            loss_sum += loss.detach()
+            n_steps += 1
+            images_seen += images.shape[0] * self.dist.world_size
+            if not math.isfinite(loss.item()):
+                self._diverged(epoch, i, values)
+            rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
+            if self.main and (it % cfg.log_every == 0):
+                self.metrics.write({"step": it, "epoch": epoch, "loss": loss.item(), **values,
+                                    "img_per_s": rate})
+            bar.update(i + 1, self.sched.eta(it, niter, elapsed, rate / max(images.shape[0], 1)),
+                       epoch=epoch, loss=loss.item(), lr=values["lr"], **{"img/s": round(rate, 1)})
+            if self._stop_signal is not None:
+                self.save(epoch, i + 1, time.monotonic() - t0)
+                raise TrainingInterrupted(
+                    f"stopped by signal {self._stop_signal} after iteration {i + 1} of epoch {epoch}; "
+                    f"checkpoint written to {self.out / 'checkpoint.pth'}. Run the same command again to resume.")
+            if self.sched.out_of_time(time.monotonic() - t0) or (cfg.max_steps and it + 1 >= cfg.max_steps):
+                bar.close()
+                self.save(epoch, i + 1, time.monotonic() - t0)
+                return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate,
+                        "stopped_early": True, **values, **last}
+        bar.close()
+        rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
+        return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate, **values, **last}
+
+    def train_step(self, images: torch.Tensor, hw: torch.Tensor, it: int, epoch: int,
+                   values: dict) -> tuple[torch.Tensor, dict]:
+        """One iteration: views, forward both networks, loss, update student, then teacher."""
+        cfg = self.cfg
+        for i, g in enumerate(self.optimizer.param_groups):
+            g["lr"] = values["lr"]
+            if i == 0:
+                g["weight_decay"] = values["wd"]
+        crops = self.data.views(images, hw, it)
+        with self._autocast():
+            teacher_out = self.teacher(crops[:2])
+            student_out = self.student_ddp(crops)
+        loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad:
+            clip_gradients(self.student, cfg.clip_grad)
+        cancel_gradients_last_layer(values["frozen_epoch"], self.student, cfg.freeze_last_layer)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.ema.update(values["momentum"])
+        return loss, {}
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _diverged(self, epoch: int, i: int, values: dict) -> None:
+        raise TrainingDiverged(
+            f"loss is not finite at epoch {epoch}, iteration {i} (lr {values['lr']:.3g}, teacher temperature "
+            f"{values['teacher_temp']:.3g}, precision {self.precision}). The last good checkpoint in "
+            f"{self.out} is kept. Likely causes: a learning rate too high for this batch size (try a lower "
+            f"--lr or longer --warmup_epochs), reduced-precision overflow (try --precision fp32, or "
+            f"--use_fp16 false on GPU), or a teacher temperature too low (try --teacher_temp 0.04 and "
+            f"--warmup_teacher_temp 0.04); --clip_grad 3.0 also helps.")
+
+    def _log_epoch(self, epoch: int, stats: dict, elapsed: float) -> None:
+        record = {"epoch": epoch, "train_loss": stats.get("train_loss"), "train_lr": stats.get("lr"),
+                  "train_wd": stats.get("wd"), "teacher_temp": stats.get("teacher_temp"),
+                  "momentum": stats.get("momentum"), "img_per_s": stats.get("img_per_s"), "elapsed_s": elapsed}
+        self.epoch_log.write(record)
+        if self.main:
+            log.info("epoch %d: %s", epoch, json.dumps({k: v for k, v in record.items() if v is not None}))
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning("signal %d received: finishing this step, then writing a checkpoint", signum)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+
+def _strip(sd: dict) -> dict:
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train a DINO model as ``cfg`` says; resumes from ``cfg.output_dir`` when a checkpoint is there."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            cleanup()

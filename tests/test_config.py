@@ -1,0 +1,89 @@
+"""Flags and config files become one typed config; bad values get one clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dinokit.cli.main import build_parser
+from dinokit.cli.train import config_from_args
+from dinokit.errors import ConfigError
+from dinokit.train.config import PRESETS, TrainConfig, load_config, parse_duration
+
+OFFICIAL_FLAGS = ("arch patch_size out_dim norm_last_layer momentum_teacher use_bn_in_head warmup_teacher_temp "
+                  "teacher_temp warmup_teacher_temp_epochs use_fp16 weight_decay weight_decay_end clip_grad "
+                  "batch_size_per_gpu epochs freeze_last_layer lr warmup_epochs min_lr optimizer drop_path_rate "
+                  "global_crops_scale local_crops_number local_crops_scale data_path output_dir saveckp_freq "
+                  "seed num_workers").split()
+
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_official_defaults():
+    cfg = parse()
+    assert (cfg.arch, cfg.patch_size, cfg.out_dim, cfg.momentum_teacher, cfg.teacher_temp) == \
+        ("vit_small", 16, 65536, 0.996, 0.04)
+    assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.weight_decay_end, cfg.clip_grad) == \
+        (0.0005, 1e-6, 0.04, 0.4, 3.0)
+    assert cfg.global_crops_scale == (0.4, 1.0) and cfg.local_crops_scale == (0.05, 0.4)
+    assert (cfg.local_crops_number, cfg.epochs, cfg.warmup_epochs, cfg.batch_size_per_gpu) == (8, 100, 10, 64)
+    assert (cfg.global_crops_size, cfg.local_crops_size) == (224, 96)
+    assert all(hasattr(cfg, f) for f in OFFICIAL_FLAGS)
+
+
+def test_flags_preset_and_yaml_precedence(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 0.002\nlocal_crops_number: 2\nnorm_last_layer: false\n")
+    cfg = parse("--preset", "cifar", "--config", str(tmp_path / "c.yaml"), "--local_crops_number", "4",
+                "--global_crops_scale", "0.3", "1.0", "--use_fp16", "False")
+    assert cfg.arch == PRESETS["cifar"]["arch"] and cfg.patch_size == 4  # preset
+    assert cfg.lr == 0.002 and cfg.norm_last_layer is False              # yaml over preset
+    assert cfg.local_crops_number == 4                                   # flag over yaml
+    assert cfg.global_crops_scale == (0.3, 1.0) and cfg.use_fp16 is False
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"global_crops_size": 30, "patch_size": 4}, "not a multiple of --patch_size"),
+    ({"optimizer": "adam"}, "--optimizer"),
+    ({"arch": "vit_huge"}, "--arch"),
+    ({"local_crops_scale": (0.5, 0.2)}, "local_crops_scale"),
+    ({"time_budget": "soon"}, "time_budget"),
+])
+def test_inconsistent_values(values, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(values)
+
+
+def test_unknown_and_mistyped_yaml_keys(tmp_path):
+    (tmp_path / "a.yaml").write_text("lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown configuration key.*lerning_rate"):
+        load_config(config_file=str(tmp_path / "a.yaml"))
+    (tmp_path / "b.yaml").write_text("epochs: ten\n")
+    with pytest.raises(ConfigError, match="epochs: 'ten' is not a valid int"):
+        load_config(config_file=str(tmp_path / "b.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="imagenet22k")
+
+
+def test_durations():
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
+    assert parse_duration("2") == 120
+    with pytest.raises(ConfigError):
+        parse_duration("30 minutes")
+
+
+def test_cli_reports_bad_flag_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--data_path", str(tmp_path), "--arch", "vit_tiny",
+                        "--patch_size", "7"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not a multiple of --patch_size 7" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--epochs", "many"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid int value" in r.stderr
+
+
+def test_config_round_trip():
+    cfg = TrainConfig()
+    assert load_config(cfg.to_dict()) == cfg

@@ -1,0 +1,76 @@
+"""The DINO loss and schedules give the numbers of their definitions in the paper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinokit.train import DINOLoss, cosine_scheduler
+from dinokit.train.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
+from dinokit.train.schedules import cosine_at
+
+
+def pairwise_reference(student, teacher, center, ncrops, student_temp, teacher_temp):
+    """Mean over pairs (i, v != i) of mean_b H(softmax((t_i - c)/tt), softmax(s_v/st))."""
+    s = (student / student_temp).chunk(ncrops)
+    t = F.softmax((teacher - center) / teacher_temp, dim=-1).chunk(2)
+    terms = [torch.sum(-t[i] * F.log_softmax(s[v], dim=-1), dim=-1).mean()
+             for i in range(2) for v in range(ncrops) if v != i]
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("ncrops", [2, 4, 10])
+def test_loss_equals_pairwise_definition_and_center_update(ncrops):
+    torch.manual_seed(0)
+    B, K = 6, 50
+    loss_fn = DINOLoss(K, ncrops, 0.04, 0.07, 3, 10)
+    loss_fn.center.normal_()
+    center0 = loss_fn.center.clone()
+    student = torch.randn(ncrops * B, K, requires_grad=True)
+    teacher = torch.randn(2 * B, K)
+    loss = loss_fn(student, teacher, epoch=1)
+    ref = pairwise_reference(student, teacher, center0, ncrops, 0.1, float(np.linspace(0.04, 0.07, 3)[1]))
+    torch.testing.assert_close(loss, ref)
+    # Gradients agree too (the fused sum is not just equal in value).
+    g, = torch.autograd.grad(loss, student)
+    g_ref, = torch.autograd.grad(pairwise_reference(student, teacher, center0, ncrops, 0.1, 0.055), student)
+    torch.testing.assert_close(g, g_ref)
+    torch.testing.assert_close(loss_fn.center, 0.9 * center0 + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_teacher_temperature_schedule():
+    loss_fn = DINOLoss(8, 2, 0.04, 0.07, 30, 100)
+    sched = loss_fn.teacher_temp_schedule
+    assert len(sched) == 100 and sched[0] == pytest.approx(0.04) and sched[29] == pytest.approx(0.07)
+    assert np.all(sched[30:] == 0.07)
+
+
+def test_cosine_scheduler_matches_closed_form():
+    s = cosine_scheduler(1.0, 0.1, epochs=5, niter_per_ep=10, warmup_epochs=1, start_warmup_value=0.0)
+    assert len(s) == 50
+    np.testing.assert_allclose(s[:10], np.linspace(0, 1, 10))
+    i = np.arange(40)
+    np.testing.assert_allclose(s[10:], 0.1 + 0.45 * (1 + np.cos(np.pi * i / 40)))
+    assert s[10] == pytest.approx(1.0) and s[-1] > 0.1
+    assert cosine_at(0.0, 1.0, 0.1, 0.2) == 0.0 and cosine_at(0.2, 1.0, 0.1, 0.2) == pytest.approx(1.0)
+    assert cosine_at(1.0, 1.0, 0.1, 0.2) == pytest.approx(0.1)
+
+
+def test_param_groups_clip_and_freeze():
+    from dinokit.models import DINOHead
+    head = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, norm_last_layer=False)
+    decay, no_decay = get_params_groups(head)
+    assert all(p.ndim > 1 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert any(p is head.mlp[0].bias for p in no_decay["params"])
+    assert any(p is head.last_layer.weight_g for p in decay["params"])  # [K, 1] is a weight
+    head(torch.randn(4, 16)).pow(2).sum().mul(1e4).backward()
+    before = [p.grad.norm().item() for p in head.parameters()]
+    norms = clip_gradients(head, 3.0)
+    after = [p.grad.norm().item() for p in head.parameters()]
+    np.testing.assert_allclose(norms.numpy(), before, rtol=1e-5)
+    for b, a in zip(before, after):
+        assert a == pytest.approx(min(b, 3.0), rel=1e-4)
+    cancel_gradients_last_layer(0, head, freeze_last_layer=1)
+    assert head.last_layer.weight_v.grad is None and head.mlp[0].weight.grad is not None
