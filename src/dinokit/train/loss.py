@@ -54,17 +54,7 @@ class DINOLoss(nn.Module):
 
     def cross_entropy(self, student_output: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Mean pairwise cross-entropy for teacher probabilities ``q [2*B, K]``."""
-        n_global = 2
-        batch = q.shape[0] // n_global
-        q0, q1 = q[:batch], q[batch:]
-        logp = F.log_softmax(student_output.float() / self.student_temp, dim=-1)
-        logp = logp.view(self.ncrops, batch, -1)
-        # Global view 0 is matched to teacher view 1 and vice versa; locals to both teacher views.
-        total = -(q1 * logp[0]).sum() - (q0 * logp[1]).sum()
-        if self.ncrops > n_global:
-            total = total - ((q0 + q1) * logp[n_global:].sum(0)).sum()
-        n_terms = n_global * (self.ncrops - 1)
-        return total / (batch * n_terms)
+        return _PairwiseCrossEntropy.apply(student_output, q, self.ncrops, self.student_temp)
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
@@ -76,3 +66,54 @@ class DINOLoss(nn.Module):
             dist.all_reduce(count)
         batch_center = batch_center / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+def _targets(q: torch.Tensor, view: int) -> tuple[torch.Tensor, float]:
+    """The teacher targets student view ``view`` is trained on, summed, and their total mass:
+    global view 0 matches teacher view 1 and vice versa; local views match both."""
+    q0, q1 = q.chunk(2)
+    if view == 0:
+        return q1, 1.0
+    if view == 1:
+        return q0, 1.0
+    return q0 + q1, 2.0
+
+
+class _PairwiseCrossEntropy(torch.autograd.Function):
+    """``-sum_v sum_b Q_v . log_softmax(s_v / T)`` normalised by ``B * n_pairs``, one view at a time.
+
+    Written out because ``log_softmax`` + product + sum through autograd makes about ten passes
+    over the ``[ncrops*B, K]`` logits (K = 65536) and keeps several copies alive; here the forward
+    makes two passes per view and keeps only the per-row log-normaliser, the backward two more.
+    """
+
+    @staticmethod
+    def forward(ctx, student_output, q, ncrops, temp):
+        batch = q.shape[0] // 2
+        scale = 1.0 / (batch * 2 * (ncrops - 1))
+        views = student_output.view(ncrops, batch, -1)
+        total = student_output.new_zeros((), dtype=torch.float32)
+        lse = []
+        for v in range(ncrops):
+            z = views[v].float() / temp  # a new tensor even when the input is float32
+            target, mass = _targets(q, v)
+            row_lse = torch.logsumexp(z, dim=-1)
+            total -= (target * z).sum() - mass * row_lse.sum()
+            lse.append(row_lse)
+        ctx.save_for_backward(student_output, q, torch.stack(lse))
+        ctx.ncrops, ctx.temp, ctx.scale = ncrops, temp, scale
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        student_output, q, lse = ctx.saved_tensors
+        ncrops, temp = ctx.ncrops, ctx.temp
+        batch = q.shape[0] // 2
+        views = student_output.view(ncrops, batch, -1)
+        grad = torch.empty_like(student_output).view(ncrops, batch, -1)
+        factor = grad_out.float() * ctx.scale / temp
+        for v in range(ncrops):
+            target, mass = _targets(q, v)
+            p = (views[v].float() / temp).sub_(lse[v].unsqueeze(1)).exp_()
+            grad[v] = p.mul_(mass).sub_(target).mul_(factor)
+        return grad.view_as(student_output), None, None, None

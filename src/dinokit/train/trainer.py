@@ -18,18 +18,18 @@ import yaml
 from torch import nn
 
 from ..errors import ConfigError, DinokitError
-from ..models import DINOHead, MultiCropWrapper, build_backbone
 from .batches import TrainBatches
 from .checkpoint import load_for_resume, save_atomic
 from .config import TrainConfig, parse_duration
 from .distributed import DistInfo, cleanup, init_distributed
 from .ema import TeacherEMA
 from .loss import DINOLoss
+from .networks import build_student_teacher
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from .progress import JsonlWriter, ProgressBar
 from .schedules import Schedules
 
-__all__ = ["train", "Trainer", "TrainingDiverged", "TrainingInterrupted", "build_student_teacher"]
+__all__ = ["train", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 log = logging.getLogger("dinokit.train")
 
@@ -58,23 +58,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (the default) or fp32")
     return cfg.precision
-
-
-def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (with stochastic depth) and teacher of the same architecture, teacher = student."""
-    kw = dict(img_size=cfg.global_crops_size) if cfg.arch.startswith("vit") else {}
-    student_bb = build_backbone(cfg.arch, cfg.patch_size, drop_path_rate=cfg.drop_path_rate, **kw) \
-        if cfg.arch.startswith("vit") else build_backbone(cfg.arch)
-    teacher_bb = build_backbone(cfg.arch, cfg.patch_size, **kw)
-    dim = student_bb.embed_dim
-    head = dict(use_bn=cfg.use_bn_in_head, nlayers=cfg.head_nlayers, hidden_dim=cfg.head_hidden_dim,
-                bottleneck_dim=cfg.head_bottleneck_dim)
-    student = MultiCropWrapper(student_bb, DINOHead(dim, cfg.out_dim, norm_last_layer=cfg.norm_last_layer, **head))
-    teacher = MultiCropWrapper(teacher_bb, DINOHead(dim, cfg.out_dim, **head))
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters():
-        p.requires_grad = False
-    return student, teacher
 
 
 class Trainer:
