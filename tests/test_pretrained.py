@@ -28,7 +28,8 @@ def full_checkpoint(student, teacher) -> dict:
     """The layout of the release's *_full_checkpoint.pth: DDP student, plain teacher, argparse args."""
     return {"student": {f"module.{k}": v for k, v in student.state_dict().items()},
             "teacher": teacher.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
-            "args": Namespace(arch="vit_small", patch_size=8, out_dim=65536), "dino_loss": {"center": torch.zeros(1, 64)}}
+            "args": Namespace(arch="vit_small", patch_size=8, out_dim=65536),
+            "dino_loss": {"center": torch.zeros(1, 64)}}
 
 
 def test_backbone_only_file_loads_with_inferred_arch(tmp_path):

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import DinokitError
 from .resnet import resnet50
-from .vision_transformer import VisionTransformer, vit_base, vit_small, vit_tiny
+from .vision_transformer import vit_base, vit_small, vit_tiny
 
 __all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
            "build_backbone", "infer_arch", "CheckpointError"]

@@ -21,15 +21,20 @@ from ..errors import ConfigError, DinokitError
 from .batches import TrainBatches
 from .checkpoint import load_for_resume, save_atomic
 from .config import TrainConfig, parse_duration
+from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed
 from .ema import TeacherEMA
 from .loss import DINOLoss
 from .networks import build_student_teacher
+from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from .progress import JsonlWriter, ProgressBar
 from .schedules import Schedules
 
-__all__ = ["train", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
+
+DIAGNOSTIC_KEYS = ("teacher_entropy", "batch_entropy", "kl_teacher_student", "center_norm", "effective_rank",
+                   "collapse_warning")
 
 log = logging.getLogger("dinokit.train")
 
@@ -92,6 +97,7 @@ class Trainer:
         self.metrics = JsonlWriter(self.out / "metrics.jsonl", self.main)
         self.epoch_log = JsonlWriter(self.out / "log.txt", self.main)
         self._stop_signal: int | None = None
+        self._knn: OnlineKNN | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int, iter_in_epoch: int, elapsed: float) -> dict:
@@ -144,14 +150,26 @@ class Trainer:
             while not self.sched.finished(epoch, time.monotonic() - t0):
                 stats = self.train_one_epoch(epoch, t0)
                 if stats.get("stopped_early"):
+                    self._log_epoch(epoch, stats, time.monotonic() - t0, final=True)
                     break
                 epoch += 1
                 self.save(epoch, 0, time.monotonic() - t0,
                           numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
-                self._log_epoch(epoch - 1, stats, time.monotonic() - t0)
+                self._log_epoch(epoch - 1, stats, time.monotonic() - t0,
+                                final=self.sched.finished(epoch, time.monotonic() - t0))
         finally:
             self._restore_signal_handlers()
+        if self.main and cfg.report:
+            self._write_report()
         return {"epochs": epoch, "elapsed_s": time.monotonic() - t0, **stats}
+
+    def _write_report(self) -> None:
+        from ..viz.report import write_report
+        try:
+            path = write_report(self.out)
+            log.info("training report: %s", path)
+        except Exception as e:  # the run is saved; a failed picture must not fail it
+            log.warning("could not write the training report: %s: %s", type(e).__name__, e)
 
     def train_one_epoch(self, epoch: int, t0: float) -> dict:
         cfg = self.cfg
@@ -161,14 +179,20 @@ class Trainer:
         skip = self.start_iter if epoch == self.start_epoch else 0
         bar = ProgressBar(niter, enabled=self.main)
         loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
+        step_s = 0.0
         last = {}
         for i, (images, hw) in enumerate(self.data.epoch(epoch, skip), start=skip):
             it = epoch * niter + i
             elapsed = time.monotonic() - t0
             values = self.sched.at(it, epoch, elapsed)
-            loss, last = self.train_step(images, hw, it, epoch, values)
+            diagnose = i == niter - 1 or self.sched.out_of_time(elapsed + 2 * step_s) or \
+                bool(cfg.max_steps and it + 1 >= cfg.max_steps)
+            t_step = time.monotonic()
+            loss, stats = self.train_step(images, hw, it, epoch, values, diagnose)
+            last = stats or last
             loss_sum += loss.detach()
             n_steps += 1
+            step_s = time.monotonic() - t_step
             images_seen += images.shape[0] * self.dist.world_size
             if not math.isfinite(loss.item()):
                 self._diverged(epoch, i, values)
@@ -193,8 +217,10 @@ class Trainer:
         return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate, **values, **last}
 
     def train_step(self, images: torch.Tensor, hw: torch.Tensor, it: int, epoch: int,
-                   values: dict) -> tuple[torch.Tensor, dict]:
-        """One iteration: views, forward both networks, loss, update student, then teacher."""
+                   values: dict, diagnose: bool = False) -> tuple[torch.Tensor, dict]:
+        """One iteration: views, forward both networks, loss, update student, then teacher.
+
+        With ``diagnose``, also returns the collapse statistics of this batch."""
         cfg = self.cfg
         for i, g in enumerate(self.optimizer.param_groups):
             g["lr"] = values["lr"]
@@ -205,6 +231,7 @@ class Trainer:
             teacher_out = self.teacher(crops[:2])
             student_out = self.student_ddp(crops)
         loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
+        stats = self._diagnostics(crops[0], teacher_out, student_out, values) if diagnose else {}
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -220,7 +247,15 @@ class Trainer:
         else:
             self.optimizer.step()
         self.ema.update(values["momentum"])
-        return loss, {}
+        return loss, stats
+
+    @torch.no_grad()
+    def _diagnostics(self, first_crops, teacher_out, student_out, values) -> dict:
+        with self._autocast():
+            features = self.teacher.backbone(first_crops).float()
+        stats = collapse_stats(teacher_out.float(), student_out.float(), self.loss.center,
+                               values["teacher_temp"], self.loss.student_temp, features)
+        return {**stats.to_dict(), "collapse_warning": stats.warning(self.cfg.out_dim)}
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -238,13 +273,30 @@ class Trainer:
             f"--use_fp16 false on GPU), or a teacher temperature too low (try --teacher_temp 0.04 and "
             f"--warmup_teacher_temp 0.04); --clip_grad 3.0 also helps.")
 
-    def _log_epoch(self, epoch: int, stats: dict, elapsed: float) -> None:
+    def _log_epoch(self, epoch: int, stats: dict, elapsed: float, final: bool = False) -> None:
         record = {"epoch": epoch, "train_loss": stats.get("train_loss"), "train_lr": stats.get("lr"),
                   "train_wd": stats.get("wd"), "teacher_temp": stats.get("teacher_temp"),
                   "momentum": stats.get("momentum"), "img_per_s": stats.get("img_per_s"), "elapsed_s": elapsed}
+        record.update({k: stats[k] for k in DIAGNOSTIC_KEYS if k in stats})
+        record.update(self._online_knn(epoch, final))
         self.epoch_log.write(record)
-        if self.main:
-            log.info("epoch %d: %s", epoch, json.dumps({k: v for k, v in record.items() if v is not None}))
+        if not self.main:
+            return
+        log.info("epoch %d: %s", epoch, json.dumps({k: _round(v) for k, v in record.items()
+                                                     if v is not None and k != "collapse_warning"}))
+        if record.get("collapse_warning"):
+            log.warning("epoch %d: %s", epoch, record["collapse_warning"])
+
+    def _online_knn(self, epoch: int, final: bool) -> dict:
+        cfg = self.cfg
+        if not (cfg.knn_every and cfg.knn_train_path and cfg.knn_val_path and self.main):
+            return {}
+        if not (final or (epoch + 1) % cfg.knn_every == 0):
+            return {}
+        if self._knn is None:
+            self._knn = OnlineKNN(cfg.knn_train_path, cfg.knn_val_path, cfg.global_crops_size, cfg.knn_k)
+        result = self._knn(self.teacher.backbone)
+        return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
 
     def _install_signal_handlers(self) -> None:
         self._old_handlers = {}
@@ -261,6 +313,10 @@ class Trainer:
     def _restore_signal_handlers(self) -> None:
         for sig, old in getattr(self, "_old_handlers", {}).items():
             signal.signal(sig, old)
+
+
+def _round(v):
+    return round(v, 4) if isinstance(v, float) else v
 
 
 def _strip(sd: dict) -> dict:
