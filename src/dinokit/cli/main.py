@@ -10,7 +10,7 @@ import sys
 from ..errors import DinokitError
 
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
-COMMANDS = ["train", "info", "attention", "attention-video", "report"]
+COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
