@@ -10,7 +10,8 @@ import sys
 from ..errors import DinokitError
 
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
-COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report"]
+COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report",
+            "extract", "knn", "linear", "retrieve", "copydetect", "videoseg"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,150 @@
+"""``dinokit extract``: features of an image folder through a frozen backbone, saved as .pt or .npz.
+
+Also home of the flags every evaluation command shares (backbone, device and precision, image
+size) and of turning them into a model, so that all commands read them the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+_RELEASES = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
+             ("vit_base", 16): "dino_vitb16", ("vit_base", 8): "dino_vitb8"}
+
+
+def bool_flag(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` as the release's ``--flag True`` style."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_bool(p: argparse.ArgumentParser, name: str, help: str, default: bool = False) -> None:
+    """``--name`` alone means true; ``--name false`` / ``--name True`` are accepted too."""
+    p.add_argument(name, nargs="?", const=True, default=default, type=bool_flag, metavar="BOOL", help=help)
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone")
+    g.add_argument("--pretrained_weights", default="",
+                   help="checkpoint to evaluate: a release name (dino_vits16 ...) or a .pth/.safetensors file "
+                        "(full training checkpoints too). Empty: the DINO release for --arch/--patch_size")
+    g.add_argument("--arch", default=None, choices=["vit_tiny", "vit_small", "vit_base", "resnet50"],
+                   help="architecture (default: read off the weights; vit_small without weights)")
+    g.add_argument("--patch_size", type=int, default=None, help="ViT patch size (default: from the weights, else 16)")
+    g.add_argument("--checkpoint_key", default="teacher", help="entry of a full checkpoint: teacher or student")
+    g.add_argument("--random_init", action="store_true", help="evaluate randomly initialised weights (a baseline)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (random weights, shuffling)")
+
+
+def add_runtime_args(p: argparse.ArgumentParser, batch_size: int | None = 128) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="network precision: bf16 autocast or fp32 (auto: bf16 on CPU, fp32 on GPU)")
+    if batch_size is not None:
+        g.add_argument("--batch_size_per_gpu", type=int, default=batch_size, help="images per forward pass")
+        g.add_argument("--num_workers", type=int, default=2, help="image decoding processes (0: in the main one)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+
+
+def add_image_args(p: argparse.ArgumentParser, resize: int = 256, crop: int = 224) -> None:
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--resize", type=int, default=resize, help="shorter side before cropping (bicubic)")
+    g.add_argument("--crop", type=int, default=crop, help="centre crop size")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="shortcut setting --resize and --crop to the same value (32 for CIFAR)")
+
+
+def image_transform(args: argparse.Namespace):
+    from ..data import EvalTransform
+    from ..errors import ConfigError
+
+    resize, crop = (args.image_size, args.image_size) if args.image_size else (args.resize, args.crop)
+    if min(resize, crop) < 1:
+        raise ConfigError("--resize, --crop and --image_size must be positive")
+    return EvalTransform(resize, crop)
+
+
+def crop_size(args: argparse.Namespace) -> int:
+    return args.image_size or args.crop
+
+
+def progress(args: argparse.Namespace):
+    """A factory ``desc -> progress(done, total)`` for the library, or None with ``--quiet``."""
+    from ..eval.progress import ProgressBar
+
+    return None if getattr(args, "quiet", False) else ProgressBar
+
+
+def load_backbone(args: argparse.Namespace):
+    """The frozen backbone the flags describe, on ``--device``, in eval mode."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..eval.runtime import resolve_device
+    from ..models import build_backbone, load_pretrained
+
+    device = resolve_device(args.device)
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        model = build_backbone(args.arch or "vit_small", args.patch_size or 16)
+        source = f"random {args.arch or 'vit_small'}"
+    else:
+        source = args.pretrained_weights
+        if not source:
+            arch, patch = args.arch or "vit_small", args.patch_size or 16
+            source = "dino_resnet50" if arch == "resnet50" else _RELEASES.get((arch, patch))
+            if source is None:
+                raise ConfigError(f"DINO released no {arch}/{patch} weights: pass --pretrained_weights FILE "
+                                  f"or --random_init")
+            log.info("no --pretrained_weights given: using the DINO release %s", source)
+        model = load_pretrained(source, arch=args.arch, patch_size=args.patch_size,
+                                checkpoint_key=args.checkpoint_key)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    log.info("backbone %s (%s, %d-d) on %s", source, type(model).__name__,
+             getattr(model, "embed_dim", 0), device)
+    return model.to(device).eval()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("extract", help="extract features of an image folder to a .pt / .npz file",
+                       description="Run a frozen backbone over every image below --data_path and save one "
+                                   "feature row per image with its label and path.")
+    p.add_argument("--data_path", required=True, help="image folder (class sub-folders give labels)")
+    p.add_argument("--output", required=True, help="output file: .pt (torch) or .npz (numpy)")
+    p.add_argument("--n_last_blocks", type=int, default=1, help="concatenate the class tokens of the last n blocks")
+    add_bool(p, "--avgpool_patchtokens", "also concatenate the average-pooled patch tokens of the last block")
+    add_backbone_args(p)
+    add_runtime_args(p)
+    add_image_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..eval.features import Embedding, extract_features
+
+    if args.n_last_blocks < 1:
+        raise ConfigError("--n_last_blocks must be at least 1")
+    start = time.perf_counter()
+    model = load_backbone(args)
+    bar = progress(args)
+    feats = extract_features(model, args.data_path, Embedding(args.n_last_blocks, args.avgpool_patchtokens),
+                             image_transform(args), batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
+                             precision=args.precision, progress=bar("extract") if bar else None)
+    path = feats.save(args.output)
+    print(f"{len(feats)} images -> {feats.dim}-d features in {path} ({len(feats.skipped)} skipped)")
+    print(json.dumps({"command": "extract", "output": str(path), "images": len(feats), "dim": feats.dim,
+                      "classes": len(feats.classes), "skipped": len(feats.skipped),
+                      "seconds": round(time.perf_counter() - start, 2)}))
+    return 0

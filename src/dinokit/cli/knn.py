@@ -1,0 +1,126 @@
+"""``dinokit knn``: weighted k-NN classification of frozen features (DINO's ``eval_knn.py``).
+
+Inputs, one of: ``--data_path`` with ``train/`` and ``val/`` (or ``test/``) class folders;
+``--train_path`` and ``--val_path``; ``--load_features`` with a folder (``train.pt`` + ``val.pt``
+as written by ``--dump_features``, or the release's ``trainfeat.pth`` ... files) or two feature
+files (train, val).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, image_transform,
+                      load_backbone, progress)
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features",
+                       description="k-NN classification as in DINO: cosine similarity, the k nearest training "
+                                   "images vote with weight exp(sim/T). Prints top-1/top-5 per k and a JSON line.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", help="folder with train/ and val/ (or test/) class sub-folders")
+    g.add_argument("--train_path", help="training image folder (with --val_path)")
+    g.add_argument("--val_path", help="validation image folder (with --train_path)")
+    g.add_argument("--load_features", nargs="+", metavar="PATH",
+                   help="a folder of dumped features, or two feature files: TRAIN VAL (.pt / .npz)")
+    g.add_argument("--dump_features", metavar="DIR", help="save the extracted features as DIR/train.pt and DIR/val.pt")
+    k = p.add_argument_group("k-NN")
+    k.add_argument("--nb_knn", type=int, nargs="+", default=[10, 20, 100, 200], help="values of k")
+    k.add_argument("--temperature", type=float, default=0.07, help="temperature T of the vote weights")
+    add_bool(k, "--use_cuda", "run the neighbour search on --device (false: on the CPU)", default=True)
+    add_backbone_args(p)
+    add_runtime_args(p)
+    add_image_args(p)
+    p.set_defaults(func=run)
+
+
+def split_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(train, val)`` image folders from ``--train_path/--val_path`` or ``--data_path``."""
+    from ..errors import ConfigError, DataError
+
+    if args.train_path or args.val_path:
+        if not (args.train_path and args.val_path):
+            raise ConfigError("give both --train_path and --val_path")
+        return Path(args.train_path), Path(args.val_path)
+    if not args.data_path:
+        raise ConfigError("give --data_path, --train_path/--val_path, or --load_features")
+    root = Path(args.data_path)
+    val = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or val is None:
+        raise DataError(f"{root} needs train/ and val/ (or test/) sub-folders")
+    return root / "train", val
+
+
+def load_feature_pair(paths: list[str]):
+    """``(train, val)`` Features from a dump folder or two files."""
+    from ..errors import ConfigError
+    from ..eval.features import load_features, load_official_dump
+
+    if len(paths) == 2:
+        return load_features(paths[0]), load_features(paths[1])
+    if len(paths) != 1:
+        raise ConfigError("--load_features takes a folder or two files (train, val)")
+    folder = Path(paths[0])
+    if (folder / "trainfeat.pth").is_file():
+        return load_official_dump(folder)
+    return load_features(folder / "train.pt"), load_features(folder / "val.pt")
+
+
+def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: str = ""):
+    """Features of one image folder with the runtime and preprocessing flags."""
+    from ..eval.features import extract_features
+
+    bar = progress(args)
+    return extract_features(model, folder, embed, image_transform(args), batch_size=args.batch_size_per_gpu,
+                            num_workers=args.num_workers, precision=args.precision,
+                            progress=bar(desc) if bar else None)
+
+
+def extract_pair(args: argparse.Namespace, embed=None):
+    """Train and val Features of the image folders the flags name."""
+    train_dir, val_dir = split_folders(args)
+    model = load_backbone(args)
+    train = extract_folder(args, model, train_dir, embed, "train")
+    val = extract_folder(args, model, val_dir, embed, "val")
+    if train.classes != val.classes:
+        log.warning("train and val class folders differ: %d vs %d classes", len(train.classes), len(val.classes))
+    return train, val
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..eval.knn import knn_evaluate
+    from ..eval.runtime import resolve_device
+
+    if min(args.nb_knn) < 1 or args.temperature <= 0:
+        raise ConfigError("--nb_knn values and --temperature must be positive")
+    start = time.perf_counter()
+    if args.load_features:
+        train, val = load_feature_pair(args.load_features)
+    else:
+        train, val = extract_pair(args)
+        if args.dump_features:
+            train.save(Path(args.dump_features) / "train.pt")
+            val.save(Path(args.dump_features) / "val.pt")
+    if train.dim != val.dim:
+        raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
+    device = resolve_device(args.device) if args.use_cuda else resolve_device("cpu")
+    search_start = time.perf_counter()
+    results = knn_evaluate(train.features.to(device), train.labels.to(device), val.features, val.labels,
+                           ks=args.nb_knn, T=args.temperature, precision=args.precision)
+    search_s = time.perf_counter() - search_start
+    print(f"k-NN on {len(train)} train / {len(val)} val features ({train.dim}-d), T={args.temperature}")
+    for k, r in results.items():
+        print(f"{k}-NN classifier result: Top1: {r['top1']:.2f}, Top5: {r['top5']:.2f}")
+    print(json.dumps({"command": "knn", "train": len(train), "val": len(val), "dim": train.dim,
+                      "temperature": args.temperature,
+                      "results": {str(k): {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
+                      "knn_seconds": round(search_s, 3), "seconds": round(time.perf_counter() - start, 2)}))
+    return 0

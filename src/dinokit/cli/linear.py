@@ -1,0 +1,130 @@
+"""``dinokit linear``: linear probe on frozen features (DINO's ``eval_linear.py``).
+
+Fast by default: features of centre crops are extracted once and the linear layer trains on
+them. ``--augment`` follows the release exactly: RandomResizedCrop + flip images go through the
+backbone at every epoch. Writes ``linear.pth`` (classifier state dict) and ``log.txt`` (one JSON
+line per epoch) to ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from .extract import add_backbone_args, add_bool, add_image_args, add_runtime_args, crop_size, load_backbone
+from .knn import extract_folder, extract_pair, load_feature_pair, split_folders
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("linear", help="linear probe accuracy of frozen features",
+                       description="Train a linear classifier on frozen features with the DINO recipe (SGD, "
+                                   "momentum 0.9, no weight decay, lr*batch/256, cosine schedule) and report "
+                                   "top-1/top-5 on the validation images.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", help="folder with train/ and val/ (or test/) class sub-folders")
+    g.add_argument("--train_path", help="training image folder (with --val_path)")
+    g.add_argument("--val_path", help="validation image folder (with --train_path)")
+    g.add_argument("--load_features", nargs="+", metavar="PATH",
+                   help="train on saved features: a folder with train.pt/val.pt or two files TRAIN VAL")
+    f = p.add_argument_group("features")
+    f.add_argument("--n_last_blocks", type=int, default=4,
+                   help="concatenate the class tokens of the last n blocks (4 for ViT-S, 1 for ViT-B)")
+    add_bool(f, "--avgpool_patchtokens", "concatenate the average-pooled patch tokens (ViT-B: true)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--lr", type=float, default=0.001, help="learning rate for a batch of 256 (scaled linearly)")
+    t.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
+    t.add_argument("--num_labels", type=int, default=None, help="number of classes (default: from the data)")
+    t.add_argument("--augment", action="store_true",
+                   help="official path: random-resized crops + flips through the backbone at every epoch")
+    t.add_argument("--output_dir", default=".", help="where linear.pth and log.txt are written")
+    t.add_argument("--evaluate", action="store_true", help="only evaluate the classifier of --pretrained_linear")
+    t.add_argument("--pretrained_linear", help="a linear.pth or a release *_linearweights.pth file")
+    add_backbone_args(p)
+    add_runtime_args(p)
+    add_image_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..eval.features import Embedding
+    from ..eval.linear import LinearConfig, save_classifier
+
+    if args.n_last_blocks < 1:
+        raise ConfigError("--n_last_blocks must be at least 1")
+    start = time.perf_counter()
+    embed = Embedding(args.n_last_blocks, args.avgpool_patchtokens)
+    if args.evaluate:
+        return _evaluate(args, embed, start)
+    config = LinearConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
+                          val_freq=args.val_freq, seed=args.seed)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "log.txt").open("w") as log_file:
+        result, n_train, n_val = _train(args, embed, config, lambda row: _log_epoch(log_file, row))
+    path = save_classifier(out_dir / "linear.pth", result, n_last_blocks=args.n_last_blocks,
+                           avgpool_patchtokens=bool(args.avgpool_patchtokens))
+    stats = {"top1": result.top1, "top5": result.top5, "best_top1": result.best_top1}
+    _report(stats, {"command": "linear", "augment": args.augment, "train": n_train, "val": n_val,
+                    "epochs": args.epochs, "classifier": str(path)}, start)
+    return 0
+
+
+def _evaluate(args, embed, start: float) -> int:
+    from ..errors import ConfigError
+    from ..eval.linear import evaluate_classifier, load_classifier
+
+    if not args.pretrained_linear:
+        raise ConfigError("--evaluate needs --pretrained_linear FILE")
+    classifier = load_classifier(args.pretrained_linear)
+    if args.load_features:
+        val = load_feature_pair(args.load_features)[1]
+    else:
+        val = extract_folder(args, load_backbone(args), split_folders(args)[1], embed, "val")
+    if val.dim != classifier.linear.in_features:
+        raise ConfigError(f"the classifier takes {classifier.linear.in_features}-d features but these are "
+                          f"{val.dim}-d: check --n_last_blocks / --avgpool_patchtokens")
+    stats = evaluate_classifier(classifier, val.features, val.labels)
+    _report(stats, {"command": "linear", "evaluate": True, "val": len(val)}, start)
+    return 0
+
+
+def _train(args, embed, config, on_epoch):
+    from ..data import ImageList
+    from ..errors import ConfigError
+    from ..eval.linear import train_linear, train_linear_augmented
+
+    if not args.augment:
+        train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)
+        return train_linear(train, val, config, args.num_labels, on_epoch=on_epoch), len(train), len(val)
+    if args.load_features:
+        raise ConfigError("--augment trains from images: it cannot use --load_features")
+    train_dir, val_dir = split_folders(args)
+    model = load_backbone(args)
+    val = extract_folder(args, model, val_dir, embed, "val")
+    train_images = ImageList.from_folder(train_dir)
+    result = train_linear_augmented(model, train_images, val, crop_size(args), config, embed, args.num_labels,
+                                    args.num_workers, args.precision, on_epoch)
+    return result, len(train_images), len(val)
+
+
+def _log_epoch(f, row: dict) -> None:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    if "val_top1" in row:
+        log.info("epoch %d: train loss %.4f, val top-1 %.2f", row["epoch"], row["train_loss"], row["val_top1"])
+
+
+def _report(stats: dict, info: dict, start: float) -> None:
+    top5 = stats.get("top5", math.nan)
+    print(f"Linear probe: Top1: {stats['top1']:.2f}, Top5: {top5:.2f}")
+    info.update({k: (round(v, 4) if math.isfinite(v) else None) for k, v in stats.items() if k != "loss"})
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    print(json.dumps(info))
