@@ -85,7 +85,8 @@ class TrainBatches:
     def _build_cache(self) -> CachedImages:
         log.info("decoding %d images once into memory (%dx%d canvases)", self.num_images, self.canvas, self.canvas)
         cache_file = os.path.join(self.cfg.output_dir, f"decoded_{self.canvas}.pt")
-        return CachedImages.build(self.images, self.canvas, num_workers=self.cfg.num_workers, cache_file=cache_file)
+        cache = CachedImages(self.images, self.canvas, num_workers=self.cfg.num_workers, cache_file=cache_file)
+        return cache.to(self.device) if self.device.type == "cuda" else cache
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
@@ -93,7 +94,8 @@ class TrainBatches:
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             batches = self.cached.batches(cfg.batch_size_per_gpu, g, drop_last=True, rank=self.dist.rank,
                                           world_size=self.dist.world_size)
-            for i, (images, hw, _labels, _idx) in enumerate(batches):
+            for i, batch in enumerate(batches):
+                images, hw = batch.images, batch.hw
                 if i >= skip:
                     yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
             return
@@ -102,17 +104,20 @@ class TrainBatches:
             self.dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda", drop_last=True,
             persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None)
-        for images, hw, _labels, _idx, bad in loader:
+        for images, hw, _labels, _index, bad in loader:
             if bad:
                 self._report_bad({str(self.images.paths[j]): "could not be decoded" for j in bad})
             if images.shape[0] == 0:
                 continue
             yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
 
-    def views(self, images: torch.Tensor, hw: torch.Tensor, it: int) -> list[torch.Tensor]:
-        """Multi-crop views, reproducible from the seed, the iteration and the rank."""
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + it) * 131 + self.dist.rank)
-        return self.augment(images, hw, g)
+    def step_seed(self, it: int) -> int:
+        """Random seed of iteration ``it`` on this rank: runs are reproducible across resumes."""
+        return (self.cfg.seed * 1_000_003 + it) * 131 + self.dist.rank
+
+    def views(self, images: torch.Tensor, hw: torch.Tensor, seed: int) -> list[torch.Tensor]:
+        """Multi-crop views ``[B, 3, g, g] x 2 + [B, 3, l, l] x N``, reproducible from ``seed``."""
+        return self.augment(images, hw, torch.Generator().manual_seed(seed))
 
     def _report_bad(self, bad: dict[str, str]) -> None:
         new = {k: v for k, v in bad.items() if k not in self._reported_bad}

@@ -226,7 +226,9 @@ class Trainer:
             g["lr"] = values["lr"]
             if i == 0:
                 g["weight_decay"] = values["wd"]
-        crops = self.data.views(images, hw, it)
+        seed = self.data.step_seed(it)
+        torch.manual_seed(seed)  # stochastic depth: the same draws after a resume
+        crops = self.data.views(images, hw, seed)
         with self._autocast():
             teacher_out = self.teacher(crops[:2])
             student_out = self.student_ddp(crops)

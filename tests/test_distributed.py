@@ -1,0 +1,49 @@
+"""Two processes with gloo on this machine: teachers stay identical, the center is averaged."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from dinokit.train import DINOLoss, load_config
+from dinokit.train.trainer import Trainer
+
+from test_train_loop import TINY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = load_config({**TINY, "data_path": data, "output_dir": out, "epochs": 1, "batch_size_per_gpu": 10,
+                       "dist_timeout_s": 120})
+    trainer = Trainer(cfg)
+    trainer.fit()
+    # One center update with rank-specific teacher outputs: the result must be the global mean.
+    loss = DINOLoss(4, 2, 0.04, 0.04, 0, 1, center_momentum=0.0)
+    loss.update_center(torch.full((3, 4), float(rank + 1)))
+    first_batch = next(trainer.data.epoch(0))[0]
+    torch.save({"teacher": trainer.teacher.state_dict(), "center": trainer.loss.center,
+                "probe_center": loss.center, "first_batch": first_batch}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    mp.spawn(worker, args=(2, free_port(), str(train_dir), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["first_batch"], r1["first_batch"])  # each rank saw its own images
+    for k in r0["teacher"]:
+        assert torch.equal(r0["teacher"][k], r1["teacher"][k]), k
+    assert torch.equal(r0["center"], r1["center"]) and r0["center"].abs().sum() > 0
+    torch.testing.assert_close(r0["probe_center"], torch.full((1, 4), 1.5))
+    assert (tmp_path / "checkpoint.pth").exists() and not (tmp_path / "rank1" / "checkpoint.pth").exists()

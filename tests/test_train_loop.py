@@ -1,0 +1,105 @@
+"""End-to-end training on real CIFAR-10 images: outputs, resume, divergence, time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dinokit.models import load_pretrained
+from dinokit.train import load_config
+from dinokit.train.trainer import Trainer, TrainingDiverged, train
+
+TINY = {"arch": "vit_tiny", "patch_size": 8, "out_dim": 256, "global_crops_size": 32, "local_crops_size": 16,
+        "local_crops_number": 2, "batch_size_per_gpu": 20, "canvas_size": 32, "num_workers": 0, "epochs": 2,
+        "warmup_epochs": 1, "lr": 0.001, "head_hidden_dim": 64, "head_bottleneck_dim": 32, "report": False,
+        "drop_path_rate": 0.1, "saveckp_freq": 1, "log_every": 1}
+
+
+def tiny_config(data, out, **kw):
+    return load_config({**TINY, "data_path": str(data), "output_dir": str(out), **kw})
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(sd):
+    return {k: v.clone() for k, v in sd.items()}
+
+
+def test_training_writes_official_checkpoint_and_logs(cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    cfg = tiny_config(train_dir, tmp_path, knn_every=1, knn_train_path=str(train_dir), knn_val_path=str(test_dir))
+    result = train(cfg)
+    assert result["epochs"] == 2
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"} <= ckpt.keys()
+    assert ckpt["epoch"] == 2 and ckpt["args"]["arch"] == "vit_tiny"
+    assert "head.last_layer.weight_g" in ckpt["teacher"] and "backbone.pos_embed" in ckpt["teacher"]
+    assert (tmp_path / "checkpoint0000.pth").exists() and (tmp_path / "checkpoint0001.pth").exists()
+    # The teacher moved, but less than the student (EMA), and differs from it.
+    assert not torch.equal(ckpt["teacher"]["backbone.cls_token"], ckpt["student"]["backbone.cls_token"])
+    epochs = read_jsonl(tmp_path / "log.txt")
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for e in epochs:
+        assert math.isfinite(e["train_loss"]) and 0 < e["teacher_entropy"] <= math.log(256) + 1e-3
+        assert 0 <= e["knn_top1"] <= 100 and e["effective_rank"] > 1
+    steps = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(steps) == 2 * (300 // 20) and steps[0]["lr"] == 0.0 and steps[-1]["momentum"] > 0.996
+    assert abs(ckpt["dino_loss"]["center"]).sum() > 0
+    backbone = load_pretrained(tmp_path / "checkpoint.pth")
+    assert backbone.patch_size == 8 and backbone(torch.randn(2, 3, 32, 32)).shape == (2, 192)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    full = tiny_config(train_dir, tmp_path / "full", saveckp_freq=0)
+    train(full)
+    reference = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    # Stop mid-epoch 0 (as a signal would), then run the same command again.
+    part = tiny_config(train_dir, tmp_path / "part", saveckp_freq=0, max_steps=7)
+    train(part)
+    mid = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
+    assert (mid["epoch"], mid["iter_in_epoch"]) == (0, 7)
+    train(tiny_config(train_dir, tmp_path / "part", saveckp_freq=0))
+    resumed = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
+    assert resumed["epoch"] == 2
+    for key in ("backbone.blocks.11.mlp.fc2.weight", "backbone.cls_token", "head.last_layer.weight_v"):
+        torch.testing.assert_close(resumed["teacher"][key], reference["teacher"][key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(resumed["student"][key], reference["student"][key], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar_small, tmp_path, monkeypatch):
+    train_dir, _ = cifar_small
+    cfg = tiny_config(train_dir, tmp_path, epochs=3)
+    trainer = Trainer(cfg)
+    real_step = trainer.train_step
+    calls = {"n": 0}
+
+    def step(images, hw, it, epoch, values, diagnose=False):
+        calls["n"] += 1
+        loss, stats = real_step(images, hw, it, epoch, values, diagnose)
+        return (loss * float("nan") if epoch == 1 and it % 15 == 3 else loss), stats
+    monkeypatch.setattr(trainer, "train_step", step)
+    with pytest.raises(TrainingDiverged, match="--lr") as err:
+        trainer.fit()
+    assert "precision fp32" in str(err.value) and "teacher_temp" in str(err.value)
+    kept = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["student"].values())
+
+
+def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    cfg = tiny_config(train_dir, tmp_path, time_budget="6s", epochs=100, warmup_epochs=10,
+                      warmup_teacher_temp=0.02, teacher_temp=0.04, warmup_teacher_temp_epochs=50)
+    result = train(cfg)
+    assert 4 < result["elapsed_s"] < 30
+    steps = read_jsonl(tmp_path / "metrics.jsonl")
+    lrs = [s["lr"] for s in steps]
+    peak = max(lrs)
+    assert peak > 0.5 * 0.001 * 20 / 256  # warm-up reached near its peak (10% of the budget)
+    assert lrs[-1] < 0.5 * peak           # and the cosine decayed within the budget
+    assert steps[-1]["momentum"] > 0.999 and steps[-1]["teacher_temp"] == pytest.approx(0.04)
