@@ -77,6 +77,20 @@ def test_reproducible_from_the_generator(cifar_batch):
     assert not torch.equal(a[0], a[1]) and not torch.equal(a[2], a[3])
 
 
+def test_cpu_chunks_give_the_same_crops(cifar_batch, monkeypatch):
+    from dinokit.augment import multicrop
+    images, hw = cifar_batch
+    whole = small_aug()(images, hw, torch.Generator().manual_seed(2))
+    bf = small_aug(out_dtype=torch.bfloat16)(images, hw, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(multicrop, "CPU_CHUNK_BYTES", 12 * 32 * 32 * 5)  # 5 global or 20 local rows
+    chunked = small_aug()(images, hw, torch.Generator().manual_seed(2))
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    chunked = small_aug(out_dtype=torch.bfloat16)(images, hw, torch.Generator().manual_seed(2))
+    for a, b in zip(bf, chunked):
+        torch.testing.assert_close(a, b, atol=0.02, rtol=0)
+
+
 def test_empty_batch():
     out = small_aug()(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, 2, dtype=torch.int32),
                       torch.Generator())
@@ -177,7 +191,7 @@ def test_crop_boxes_follow_torchvision():
                for (h, w), r in zip(hw, rand)]
         # float32 rounding may move a box by a pixel on a tie
         assert (boxes - torch.tensor(ref, dtype=torch.float32)).abs().le(1).all()
-        assert (boxes - torch.tensor(ref, dtype=torch.float32)).abs().sum(1).eq(0).float().mean() > 0.97
+        assert (boxes - torch.tensor(ref, dtype=torch.float32)).abs().sum(1).eq(0).float().mean() > 0.99
 
 
 @pytest.mark.parametrize("scale", [(0.4, 1.0), (0.05, 0.4)])

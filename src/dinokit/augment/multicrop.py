@@ -3,8 +3,12 @@
 Input is a batch of uint8 canvases ``[B, 3, S, S]`` with the valid ``(height, width)`` of each
 image in ``hw [B, 2]`` (see :mod:`dinokit.data.train_dataset`). Every crop of every image gets its
 own random parameters, all drawn in one call from a CPU ``torch.Generator`` (same state -> same
-output) and sent to the device in one copy; the image work is a handful of batched kernels per
-crop size, with no Python loop over samples and no device-to-host synchronisation.
+output), turned into a plan on the host and sent to the device in one copy; the image work is a
+few dozen batched kernels per crop size, with no Python loop over samples and no device-to-host
+synchronisation. Within a crop size the rows are sorted by where the hue rotation falls in their
+jitter order, so that each of the four positions is one contiguous block; they are put back in
+crop-major order at the end. On CPUs, large crops are processed a few rows at a time so that the
+elementwise passes stay in cache (:data:`CPU_CHUNK_BYTES`).
 
 Per crop, as in the official recipe: RandomResizedCrop (torchvision's box sampling), horizontal
 flip (p=0.5), ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8 in a per-sample random order of its four
@@ -13,8 +17,9 @@ global 2 / locals), solarisation (p=0.2, second global only), ImageNet normalisa
 
 Deviations from the PIL/torchvision pipeline: the crop is resized bilinearly without
 antialiasing (as ``grid_sample(mode="bilinear", align_corners=False)``), instead of PIL's
-antialiased bicubic resize; all colour ops run in float without rounding to uint8 between steps; the blur
-is an exact Gaussian of radius ``ceil(3 * sigma_max)`` with reflect padding, where PIL
+antialiased bicubic resize; all colour ops run in float without rounding to uint8 between
+steps; grayscale uses PIL's weights 0.299/0.587/0.114 (torchvision's tensor ops use 0.2989); the
+blur is an exact Gaussian of radius ``ceil(3 * sigma_max)`` with reflect padding, where PIL
 approximates it with box filters; crops are taken from the canvas, i.e. from the image already
 reduced to at most ``S`` pixels on its longer side.
 """
@@ -30,6 +35,10 @@ from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from . import ops
 
 __all__ = ["AugmentConfig", "DINOMultiCrop"]
+
+# On CPUs, crops of one size that take more than 4 x this many float32 bytes are processed in
+# chunks of about this size: each elementwise pass then reads from cache instead of memory.
+CPU_CHUNK_BYTES = 1 << 20
 
 # Columns of the per-crop uniform draws.
 _RRC = slice(0, ops.RRC_NUM_RAND)
@@ -108,7 +117,7 @@ class DINOMultiCrop:
         crops = []
         for i, (size, boxes) in enumerate(zip((g[0] for g in groups), moved[0].split(n_rows))):
             d = dict(zip(keys, moved[1 + i * len(keys):1 + (i + 1) * len(keys)]))
-            crops += self._augment(xf, boxes, d, counts[i], size, dtype).split(B)
+            crops += self._augment(xf, boxes, plans[i], d, counts[i], size, dtype).split(B)
         return crops
 
     def _groups(self, B: int) -> list[tuple]:
@@ -123,17 +132,50 @@ class DINOMultiCrop:
             groups.append((c.local_size, c.local_crops_scale, torch.full((n,), c.p_blur[2]), torch.zeros(n)))
         return groups
 
-    def _augment(self, xf, boxes, d, counts, size, dtype) -> torch.Tensor:
-        """Crops of one size, rows sorted by :func:`_plan`; returned crop-major and normalised."""
-        x = ops.crop_resize_flip(xf, boxes, d["flip"], size, d["src"])
-        if counts[4] < len(x):  # rows sorted by hue slot, unjittered last
-            ops.color_jitter(x[:len(x) - counts[4]], d["coef"], d["hue"], counts)
-        ops.apply_rows(x, d["gray"], ops.grayscale3)
-        ops.apply_rows(x, d["blur"], ops.gaussian_blur, d["sigma"], math.ceil(3 * self.cfg.blur_sigma[1]))
-        ops.apply_rows(x, d["sol"], ops.solarize)
-        x = x.index_select(0, d["inv"])  # back to crop-major order
-        return ops.normalize_into(x, IMAGENET_MEAN, IMAGENET_STD, dtype=dtype,
-                                  out=x if dtype == x.dtype else None)
+    def _augment(self, xf, boxes, host, d, counts, size, dtype) -> torch.Tensor:
+        """Crops of one size, rows sorted by :func:`_plan` (``host``: its CPU tensors, ``d``: on the
+        device); returned crop-major and normalised."""
+        n, dev = boxes.shape[0], xf.device
+        row_bytes = 12 * size * size
+        step = n if dev.type != "cpu" or n * row_bytes <= 4 * CPU_CHUNK_BYTES else max(1, CPU_CHUNK_BYTES // row_bytes)
+        out = torch.empty(n, 3, size, size, dtype=dtype, device=dev) if step < n or dtype != xf.dtype else None
+        radius = math.ceil(3 * self.cfg.blur_sigma[1])
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            x = ops.crop_resize_flip(xf, boxes[a:b], d["flip"][a:b], size, d["src"][a:b])
+            slots = _slot_counts(counts, a, b)
+            m = sum(slots[:4])  # the jittered rows come first, sorted by hue slot
+            if m:
+                ops.color_jitter(x[:m], d["coef"][a:a + m], d["hue"][a:a + m], slots)
+            ops.apply_rows(x, _rows_in(host["gray"], d["gray"], a, b), ops.grayscale3)
+            i, j = _span(host["blur"], a, b)
+            ops.apply_rows(x, _rows_in(host["blur"], d["blur"], a, b), ops.gaussian_blur, d["sigma"][i:j], radius)
+            ops.apply_rows(x, _rows_in(host["sol"], d["sol"], a, b), ops.solarize)
+            x = ops.normalize_into(x, IMAGENET_MEAN, IMAGENET_STD, out=x if out is None else out[a:b])
+        return x.index_select(0, d["inv"]) if out is None else out.index_select(0, d["inv"])  # crop-major
+
+
+def _slot_counts(counts: list[int], a: int, b: int) -> list[int]:
+    """How many of the rows ``a..b-1`` fall in each block of ``counts`` (blocks laid end to end)."""
+    out, start = [], 0
+    for c in counts:
+        out.append(max(0, min(b, start + c) - max(a, start)))
+        start += c
+    return out
+
+
+def _span(rows: torch.Tensor, a: int, b: int) -> tuple[int, int]:
+    """Positions ``i, j`` such that ``rows[i:j]`` (sorted, CPU) are the entries in ``[a, b)``."""
+    if a == 0 and (len(rows) == 0 or b > int(rows[-1])):  # the whole group at once
+        return 0, len(rows)
+    i, j = torch.searchsorted(rows, torch.tensor([a, b])).tolist()
+    return i, j
+
+
+def _rows_in(host_rows: torch.Tensor, rows: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """The entries of ``rows`` (device copy of the sorted ``host_rows``) in ``[a, b)``, minus ``a``."""
+    i, j = _span(host_rows, a, b)
+    return rows[i:j] - a if a else rows[i:j]
 
 
 def _uniforms(n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -143,30 +143,25 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor, bound: float = 255.
     return _blend(x, rgb_to_grayscale(x), factor, bound)
 
 
-def _is_max(c: torch.Tensor, maxc: torch.Tensor) -> torch.Tensor:
-    """1.0 where ``c == maxc`` else 0.0 (``c <= maxc``), without boolean tensors (slow on CPUs)."""
-    return torch.sign(maxc - c).neg_().add_(1)
-
-
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate the HSV hue by ``factor [n]`` turns (in [-0.5, 0.5]); value and saturation kept.
 
     Hue in sixths ``h6`` as torchvision (max channel R, then G, then B decides the sector); then
     the closed form of HSV->RGB: ``c = min + chroma * clamp(|((h6 + n_c) mod 6) - 2| - 1, 0, 1)``
-    with ``n_c = 5, 3, 1`` for R, G, B. Branch-free arithmetic only. ``out`` may be ``x``.
+    with ``n_c = 5, 3, 1`` for R, G, B. Branch-free arithmetic only (boolean masks and
+    ``torch.where`` are slow on CPUs). ``out`` may be ``x``.
     """
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     chroma = maxc - minc
-    hr = g - b  # sector numerators, times chroma
-    hg = (b - r).add_(chroma, alpha=2.0)
-    hb = (r - g).add_(chroma, alpha=4.0)
-    h6 = torch.lerp(torch.lerp(hb, hg, _is_max(g, maxc)), hr, _is_max(r, maxc))
-    # (h6 / 6 + shift + n_c / 6 + 2) mod 1, kept positive for frac()
-    turns = h6.div_(chroma.clamp_min(1e-6) * 6).add_(_col(factor).to(x.dtype)[:, 0])
-    off = _const([5 / 6 + 2, 3 / 6 + 2, 1 / 6 + 2], x).view(1, 3, 1, 1)
-    t = (turns.unsqueeze(1) + off).frac_().sub_(1 / 3).abs_().clamp_(1 / 6, 1 / 3)
+    # sector numerators times chroma; sign(max - c) is 0 where channel c is the max, else 1
+    h6 = torch.lerp(g - b, torch.lerp((b - r).add_(chroma, alpha=2.0), (r - g).add_(chroma, alpha=4.0),
+                                      torch.sign(maxc - g)), torch.sign(maxc - r))
+    # (h6 / 6 + shift + n_c / 6 + 2) mod 1 (kept positive for frac)
+    turns = torch.addcdiv(_col(factor).to(x.dtype)[:, 0], h6, chroma.clamp_min(1e-6), value=1 / 6)
+    t = (turns.unsqueeze(1) + _const([5 / 6 + 2, 3 / 6 + 2, 1 / 6 + 2], x).view(1, 3, 1, 1)).frac_()
+    t = t.sub_(1 / 3).abs_().clamp_(1 / 6, 1 / 3)
     chroma = chroma.unsqueeze(1)
     return torch.addcmul((minc.unsqueeze(1) - chroma), t, chroma, value=6.0, out=out)
 
@@ -199,7 +194,7 @@ def _blend_stage(x: torch.Tensor, coef: torch.Tensor, bound: float) -> torch.Ten
     """``x <- clamp(a x + b gray(x) + c mean(gray(x)), 0, bound)`` in place; ``coef [n, 3]``."""
     a, b, c = (_col(v) for v in coef.to(x.dtype).unbind(-1))
     g = rgb_to_grayscale(x)
-    t = torch.addcmul(c * g.mean((2, 3), keepdim=True), g, b)
+    t = (g * b).add_(c * g.mean((2, 3), keepdim=True))
     return torch.addcmul(t, x, a, out=x).clamp_(0, bound)
 
 
@@ -288,10 +283,12 @@ def apply_rows(x: torch.Tensor, rows: torch.Tensor, fn, *args) -> torch.Tensor:
 
 def normalize_into(x: torch.Tensor, mean, std, bound: float = 255.0, dtype: torch.dtype = torch.float32,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x / bound - mean) / std`` per channel in one pass, written as ``dtype`` (or into ``out``,
-    which may be ``x``)."""
+    """``(x / bound - mean) / std`` per channel, written as ``dtype`` (or into ``out``, which may be
+    ``x``). ``mean``, ``std``: per-channel sequences, on the 0..1 scale."""
     scale = _const([1.0 / (bound * s) for s in std], x).view(1, -1, 1, 1)
     shift = _const([-m / s for m, s in zip(mean, std)], x).view(1, -1, 1, 1)
     if out is None:
         out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    return torch.addcmul(shift, x, scale, out=out)
+    if out.dtype == x.dtype:  # (addcmul with a broadcast first operand is slow on CPUs)
+        return torch.mul(x, scale, out=out).add_(shift)
+    return torch.add(x * scale, shift, out=out)
