@@ -91,6 +91,17 @@ def test_cpu_chunks_give_the_same_crops(cifar_batch, monkeypatch):
         torch.testing.assert_close(a, b, atol=0.02, rtol=0)
 
 
+def test_globals_only_and_parameters_moved_in_one_copy(cifar_batch):
+    from dinokit.augment.multicrop import _to_device
+    images, hw = cifar_batch
+    out = DINOMultiCrop(global_size=24, local_crops_number=0)(images[:5], hw[:5], torch.Generator().manual_seed(0))
+    assert [tuple(o.shape) for o in out] == [(5, 3, 24, 24)] * 2
+    ts = [torch.arange(5), torch.rand(2, 3), torch.tensor([True, False])]
+    moved = _to_device(ts, torch.device("meta"))
+    assert [(t.device.type, t.dtype, t.shape) for t in moved] == [("meta", t.dtype, t.shape) for t in ts]
+    assert _to_device(ts, torch.device("cpu")) is ts
+
+
 def test_empty_batch():
     out = small_aug()(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, 2, dtype=torch.int32),
                       torch.Generator())
