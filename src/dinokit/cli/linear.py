@@ -100,10 +100,12 @@ def _train(args, embed, config, on_epoch):
     from ..data import ImageList
     from ..errors import ConfigError
     from ..eval.linear import train_linear, train_linear_augmented
+    from ..eval.runtime import resolve_device
 
     if not args.augment:
         train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)
-        return train_linear(train, val, config, args.num_labels, on_epoch=on_epoch), len(train), len(val)
+        device = resolve_device(args.device)
+        return train_linear(train, val, config, args.num_labels, device, on_epoch), len(train), len(val)
     if args.load_features:
         raise ConfigError("--augment trains from images: it cannot use --load_features")
     train_dir, val_dir = split_folders(args)

@@ -56,8 +56,11 @@ class GemEmbedding:
 
 
 def _gem(tokens: torch.Tensor, p: float) -> torch.Tensor:
-    """Generalised mean ``[B, D]`` of ``tokens [B, N, D]`` clamped to >= 1e-6."""
-    return tokens.float().clamp(min=1e-6).pow(p).mean(dim=1).pow(1.0 / p)
+    """Generalised mean ``(mean x^p)^(1/p)`` ``[B, D]`` of ``tokens [B, N, D]`` clamped to >= 1e-6,
+    computed relative to the maximum so that large ``p`` does not overflow."""
+    x = tokens.float().clamp(min=1e-6)
+    top = x.amax(dim=1)
+    return top * (x / top[:, None]).pow(p).mean(dim=1).pow(1.0 / p)
 
 
 class PCAWhitening:

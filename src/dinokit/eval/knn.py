@@ -33,10 +33,10 @@ def knn_neighbors(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, *
 
     ``train_feats [N, D]``, ``test_feats [M, D]`` (any scale: rows are L2-normalised here).
     Returns ``(sims [M, k'], index [M, k'])``, similarities in descending order, ``k' = min(k, N)``,
-    on ``train_feats``' device. ``precision``: ``"fp32"``, or ``"bf16"`` (bf16 shortlist + exact
-    fp32 rescoring, same result), ``"auto"`` = bf16 on CPUs with native bf16 for ``k <= 64``
-    (where it is about twice as fast), fp32 otherwise. ``chunk_size`` test
-    rows are handled at a time (default: a 256 MB similarity block).
+    on ``train_feats``' device. ``precision``: ``"fp32"``, or ``"bf16"`` (on CPU: bf16 shortlist +
+    exact fp32 rescoring, same result; GPUs always run fp32), ``"auto"`` = bf16 on CPUs with native
+    bf16 for ``k <= 64`` (where it is about twice as fast), fp32 otherwise. ``chunk_size`` test rows
+    are handled at a time (default: a 256 MB fp32 similarity block).
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
@@ -52,7 +52,9 @@ def knn_neighbors(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, *
     if precision == "auto" and k > _BF16_MAX_AUTO_K:
         precision = "fp32"  # a long shortlist costs more to rescore than fp32 saves
     precision = resolve_precision(precision, device)
-    search = _Bf16Search(train, k) if precision == "bf16" and k < len(train) else _Fp32Search(train, k)
+    # GPU bf16 GEMMs may reduce in bf16 (which the error bound does not cover); fp32 is fast there.
+    shortlist = precision == "bf16" and device.type == "cpu" and k < len(train)
+    search = _Bf16Search(train, k) if shortlist else _Fp32Search(train, k)
     chunk = chunk_size or max(1, min(4096, _CHUNK_BYTES // (4 * len(train))))
     sims, index = zip(*(search(test[i:i + chunk]) for i in range(0, len(test), chunk)))
     return torch.cat(sims), torch.cat(index)
@@ -175,7 +177,9 @@ def knn_evaluate(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     """``{k: {"top1": %, "top5": %}}`` for every ``k`` in ``ks``, from one neighbour search.
 
     ``train_feats [N, D]``, ``train_labels [N]`` int, ``test_feats [M, D]``, ``test_labels [M]``.
-    Top-5 counts the first ``min(5, k)`` predicted classes, as the release does.
+    Top-5 counts the first ``min(5, k)`` predicted classes, as the release does, among those that
+    received votes (the release also counted vote-less classes in arbitrary order when ``k < 5``
+    neighbours covered fewer than 5 classes).
     """
     if len(train_labels) != len(train_feats) or len(test_labels) != len(test_feats):
         raise DataError(f"{len(train_feats)} train / {len(test_feats)} test features but "
@@ -186,8 +190,8 @@ def knn_evaluate(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     out = {}
     for k in ks:
         votes = knn_votes(sims[:, :k], index[:, :k], train_labels, n_cls, T)
-        pred = votes.topk(min(5, k, n_cls), dim=1).indices
-        correct = pred == target
+        scores, pred = votes.topk(min(5, k, n_cls), dim=1)
+        correct = (pred == target) & (scores > 0)  # a class without votes is no prediction
         n = len(correct)
         out[k] = {"top1": 100.0 * correct[:, 0].sum().item() / n,
                   "top5": 100.0 * correct.any(dim=1).sum().item() / n}

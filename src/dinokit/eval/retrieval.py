@@ -72,6 +72,9 @@ def compute_map(ranks: np.ndarray, gnd: Sequence[dict], kappas: Sequence[int] = 
         junk_pos = np.flatnonzero(np.isin(ranks[:, q], junk))
         pos = pos - np.searchsorted(junk_pos, pos)  # junk ranked before a positive does not count
         aps[q] = average_precision(pos.tolist(), len(ok))
+        if pos.size == 0:  # positives that are not in the database at all
+            prs[q] = 0.0
+            continue
         pos1 = pos + 1
         for j, kappa in enumerate(kappas):
             kq = min(int(pos1.max()), kappa)
@@ -115,9 +118,11 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),
-    } | {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "bytearray", "complex", "slice")}
+    } | {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray", "complex")}
 
     def find_class(self, module: str, name: str):
+        if module == "__builtin__":  # protocol 0-2 pickles name Python 2's module
+            module = "builtins"
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused to load {module}.{name}: only plain containers and numpy "

@@ -1,0 +1,144 @@
+"""The evaluation commands: flags, outputs (text + final JSON line), files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dinokit.cli.main import build_parser, main
+from dinokit.eval.features import load_features
+from dinokit.eval.knn import knn_evaluate
+from dinokit.models import vit_tiny
+
+COMMON = ["--image_size", "32", "--num_workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "vit_tiny4.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit_tiny(patch_size=4, img_size=32).state_dict().items()},
+                "epoch": 3}, path)
+    return str(path)
+
+
+def run(capsys, *argv) -> tuple[int, dict, str]:
+    """Exit code, the final JSON line (or {}), and stderr."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    return rc, (json.loads(lines[-1]) if rc == 0 else {}), err
+
+
+def test_help_lists_the_commands():
+    text = build_parser().format_help()
+    for name in ("extract", "knn", "linear", "retrieve", "copydetect", "videoseg"):
+        assert name in text
+
+
+def test_extract_then_knn_on_saved_features(capsys, weights, cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    rc, info, _ = run(capsys, "extract", "--data_path", train_dir, "--output", tmp_path / "train.npz",
+                      "--pretrained_weights", weights, "--image_size", "32", "--num_workers", "1", "--quiet")
+    assert rc == 0 and info["images"] == 300 and info["dim"] == 192 and info["classes"] == 10
+    rc, info, _ = run(capsys, "extract", "--data_path", test_dir, "--output", tmp_path / "val.pt",
+                      "--pretrained_weights", weights, *COMMON)
+    assert rc == 0
+    train, val = load_features(tmp_path / "train.npz"), load_features(tmp_path / "val.pt")
+    rc, info, _ = run(capsys, "knn", "--load_features", tmp_path / "train.npz", tmp_path / "val.pt",
+                      "--nb_knn", "5", "20")
+    expected = knn_evaluate(train.features, train.labels, val.features, val.labels, ks=(5, 20))
+    assert rc == 0 and info["train"] == 300 and info["val"] == 100
+    assert info["results"]["20"]["top1"] == pytest.approx(expected[20]["top1"])
+    assert info["results"]["5"]["top5"] == pytest.approx(expected[5]["top5"])
+
+
+def test_knn_from_folders_dump_and_reload(capsys, weights, cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    rc, info, _ = run(capsys, "knn", "--data_path", train_dir.parent, "--pretrained_weights", weights,
+                      "--dump_features", tmp_path / "dump", "--nb_knn", "10", "20", *COMMON)
+    assert rc == 0 and set(info["results"]) == {"10", "20"}
+    assert (tmp_path / "dump" / "train.pt").is_file() and (tmp_path / "dump" / "val.pt").is_file()
+    rc2, again, _ = run(capsys, "knn", "--load_features", tmp_path / "dump", "--nb_knn", "10", "20")
+    assert rc2 == 0 and again["results"] == info["results"]
+    rc3, split, _ = run(capsys, "knn", "--train_path", train_dir, "--val_path", test_dir, "--pretrained_weights",
+                        weights, "--nb_knn", "10", "20", "--precision", "fp32", *COMMON)
+    assert rc3 == 0 and split["results"]["20"]["top1"] == pytest.approx(info["results"]["20"]["top1"], abs=2.0)
+
+
+def test_linear_trains_saves_and_evaluates(capsys, weights, cifar_small, tmp_path):
+    data = cifar_small[0].parent
+    out = tmp_path / "linear"
+    rc, info, _ = run(capsys, "linear", "--data_path", data, "--pretrained_weights", weights, "--epochs", "3",
+                      "--lr", "0.5", "--n_last_blocks", "1", "--avgpool_patchtokens", "true", "--output_dir", out,
+                      *COMMON)
+    assert rc == 0 and info["train"] == 300 and info["val"] == 100 and info["epochs"] == 3
+    assert (out / "linear.pth").is_file()
+    log_rows = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log_rows] == [0, 1, 2]
+    ckpt = torch.load(out / "linear.pth", weights_only=True)
+    assert ckpt["state_dict"]["linear.weight"].shape == (10, 2 * 192) and ckpt["avgpool_patchtokens"] is True
+    rc, again, _ = run(capsys, "linear", "--evaluate", "--pretrained_linear", out / "linear.pth", "--data_path", data,
+                       "--pretrained_weights", weights, "--n_last_blocks", "1", "--avgpool_patchtokens", *COMMON)
+    assert rc == 0 and again["top1"] == pytest.approx(info["top1"], abs=1.0)
+    rc, _, err = run(capsys, "linear", "--evaluate", "--pretrained_linear", out / "linear.pth", "--data_path", data,
+                     "--pretrained_weights", weights, "--n_last_blocks", "3", *COMMON)
+    assert rc == 2 and "n_last_blocks" in err
+
+
+def test_linear_augmented_path(capsys, weights, cifar_small, tmp_path):
+    rc, info, _ = run(capsys, "linear", "--data_path", cifar_small[0].parent, "--pretrained_weights", weights,
+                      "--epochs", "1", "--augment", "--n_last_blocks", "1", "--output_dir", tmp_path, *COMMON)
+    assert rc == 0 and info["augment"] is True and 0 <= info["top1"] <= 100
+
+
+def test_retrieve_and_copydetect_commands(capsys, weights, cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    rc, info, _ = run(capsys, "retrieve", "--query", test_dir, "--gallery", train_dir, "--pretrained_weights",
+                      weights, "--imsize", "32", "--batch_size_per_gpu", "16", "--num_workers", "0", "--quiet")
+    assert rc == 0 and info["layout"] == "folders" and info["queries"] == 100 and 0 < info["mAP"] < 100
+    root = tmp_path / "copies"
+    for name in ("query", "database"):
+        (root / name).mkdir(parents=True)
+    for f in sorted((test_dir / "cat").iterdir())[:6]:
+        (root / "database" / f.name).write_bytes(f.read_bytes())
+        (root / "query" / f.name).write_bytes(f.read_bytes())
+    rc, info, _ = run(capsys, "copydetect", "--data_path", root, "--pretrained_weights", weights, "--imsize", "32",
+                      "--num_workers", "0", "--quiet")
+    assert rc == 0 and info["queries"] == 6 and info["mAP"] == pytest.approx(100.0)
+
+
+def test_videoseg_command(capsys, cifar_root, tmp_path):
+    from test_eval_videoseg import make_sequence
+
+    make_sequence(cifar_root, tmp_path / "davis", frames=4)
+    torch.manual_seed(0)
+    path = tmp_path / "vit8.pth"
+    torch.save(vit_tiny(patch_size=8, img_size=64).state_dict(), path)
+    rc, info, _ = run(capsys, "videoseg", "--data_path", tmp_path / "davis", "--output_dir", tmp_path / "out",
+                      "--pretrained_weights", path, "--frame_size", "96", "--size_mask_neighborhood", "3")
+    assert rc == 0 and info["sequences"] == 1 and 0 <= info["J_mean"] <= 100
+    assert len(list((tmp_path / "out" / "car").glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["knn", "--data_path", "/nonexistent/folder", "--random_init"], "needs train/ and val/"),
+    (["knn", "--random_init"], "give --data_path"),
+    (["knn", "--train_path", "/x", "--random_init"], "give both --train_path and --val_path"),
+    (["knn", "--load_features", "/nonexistent.pt", "/nonexistent2.pt"], "does not exist"),
+    (["linear", "--augment", "--load_features", "/a.pt", "/b.pt"], "cannot use --load_features"),
+    (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--pretrained_weights", "/missing.pth"],
+     "neither a file"),
+    (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--arch", "vit_tiny"], "no vit_tiny/16"),
+    (["retrieve", "--query", "/tmp", "--random_init"], "give both --query and --gallery"),
+    (["copydetect", "--random_init"], "no query folder"),
+    (["videoseg", "--data_path", "/nonexistent", "--random_init"], "no DAVIS frames"),
+])
+def test_user_errors_are_one_line(capsys, argv, message):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"dinokit {argv[0]}: error:")
