@@ -155,7 +155,7 @@ def test_probabilities_of_blur_solarize_and_jitter(big_batch):
 def test_probability_of_grayscale(big_batch):
     images, hw = big_batch
     aug = small_aug(p_jitter=0, p_blur=(0, 0, 0), p_solarize=0)
-    out = torch.stack(aug(images[:, :, :, :], hw, torch.Generator().manual_seed(1))[2:])  # locals
+    out = torch.stack(aug(images, hw, torch.Generator().manual_seed(1))[2:])  # the local crops
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     rgb = out * std + mean
