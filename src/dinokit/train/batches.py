@@ -57,19 +57,21 @@ class TrainBatches:
             raise ConfigError(f"batch of {per_step} images ({cfg.batch_size_per_gpu} per process x "
                               f"{dist_info.world_size}) is larger than the {self.num_images} images in "
                               f"{cfg.data_path}; lower --batch_size_per_gpu")
-        self.canvas = cfg.canvas_size or max(cfg.global_crops_size, round(cfg.global_crops_size * 256 / 224))
+        # Room for crops of 224 from ~256 px images; small images (CIFAR) are never enlarged.
+        g = cfg.global_crops_size
+        self.canvas = cfg.canvas_size or (round(g * 256 / 224) if g >= 128 else g)
         self.augment = DINOMultiCrop(
             global_crops_scale=tuple(cfg.global_crops_scale), local_crops_scale=tuple(cfg.local_crops_scale),
             local_crops_number=cfg.local_crops_number, global_size=cfg.global_crops_size,
             local_size=cfg.local_crops_size, blur_sigma=tuple(cfg.blur_sigma))
         self.cached = self._build_cache() if self._want_cache() else None
-        self._reported_bad: set[str] = set()
         if self.cached is None:
             self.dataset = TrainImageDataset(self.images, self.canvas)
             self.sampler = _ShardSampler(self.num_images, cfg.batch_size_per_gpu, dist_info.rank,
                                          dist_info.world_size, cfg.seed)
-        else:
-            self._report_bad(self.cached.bad)
+        elif self.cached.bad:
+            log.warning("skipped %d unusable image file(s): %s", len(self.cached.bad),
+                        ", ".join(sorted(self.cached.bad)[:20]) + (" ..." if len(self.cached.bad) > 20 else ""))
 
     def __len__(self) -> int:
         n = len(self.cached.labels) if self.cached is not None else self.num_images
@@ -106,7 +108,7 @@ class TrainBatches:
             persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None)
         for images, hw, _labels, _index, bad in loader:
             if bad:
-                self._report_bad({str(self.images.paths[j]): "could not be decoded" for j in bad})
+                self.dataset.report_bad(bad)
             if images.shape[0] == 0:
                 continue
             yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
@@ -118,12 +120,3 @@ class TrainBatches:
     def views(self, images: torch.Tensor, hw: torch.Tensor, seed: int) -> list[torch.Tensor]:
         """Multi-crop views ``[B, 3, g, g] x 2 + [B, 3, l, l] x N``, reproducible from ``seed``."""
         return self.augment(images, hw, torch.Generator().manual_seed(seed))
-
-    def _report_bad(self, bad: dict[str, str]) -> None:
-        new = {k: v for k, v in bad.items() if k not in self._reported_bad}
-        if not new:
-            return
-        self._reported_bad.update(new)
-        names = ", ".join(sorted(new)[:20]) + (" ..." if len(new) > 20 else "")
-        log.warning("skipped %d unusable image file(s) (%d in all so far): %s", len(new),
-                    len(self._reported_bad), names)

@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from ..errors import ConfigError, DinokitError
+from ..runtime import tune_malloc
 from .batches import TrainBatches
 from .checkpoint import load_for_resume, save_atomic
 from .config import TrainConfig, parse_duration
@@ -70,6 +71,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        tune_malloc()
         self.device = resolve_device(cfg)
         self.precision = resolve_precision(cfg, self.device)
         self.dist: DistInfo = init_distributed(self.device, cfg.dist_timeout_s, cfg.dist_url)
@@ -85,6 +87,10 @@ class Trainer:
         if self.dist.enabled:
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.teacher_fwd: nn.Module = self.teacher
+        if cfg.compile:
+            self.student_ddp = torch.compile(self.student_ddp)
+            self.teacher_fwd = torch.compile(self.teacher)
         self.ema = TeacherEMA(self.student, self.teacher)
         ncrops = 2 + cfg.local_crops_number
         self.loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
@@ -230,7 +236,7 @@ class Trainer:
         torch.manual_seed(seed)  # stochastic depth: the same draws after a resume
         crops = self.data.views(images, hw, seed)
         with self._autocast():
-            teacher_out = self.teacher(crops[:2])
+            teacher_out = self.teacher_fwd(crops[:2])
             student_out = self.student_ddp(crops)
         loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
         stats = self._diagnostics(crops[0], teacher_out, student_out, values) if diagnose else {}
