@@ -142,3 +142,11 @@ def test_user_errors_are_one_line(capsys, argv, message):
     assert rc == 2
     assert message in err and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"dinokit {argv[0]}: error:")
+
+
+def test_a_failing_command_leaves_no_files(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["linear", "--data_path", str(tmp_path / "missing"), "--random_init"]) == 2
+    assert main(["linear", "--augment", "--load_features", "a.pt", "b.pt"]) == 2
+    capsys.readouterr()
+    assert list(tmp_path.iterdir()) == []

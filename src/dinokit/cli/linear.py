@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_last_blocks < 1:
         raise ConfigError("--n_last_blocks must be at least 1")
+    if args.augment and args.load_features:
+        raise ConfigError("--augment trains from images: it cannot use --load_features")
     start = time.perf_counter()
     embed = Embedding(args.n_last_blocks, args.avgpool_patchtokens)
     if args.evaluate:
@@ -66,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     config = LinearConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
                           val_freq=args.val_freq, seed=args.seed)
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "log.txt").open("w") as log_file:
-        result, n_train, n_val = _train(args, embed, config, lambda row: _log_epoch(log_file, row))
+    result, n_train, n_val = _train(args, embed, config, _EpochLog(out_dir / "log.txt"))
     path = save_classifier(out_dir / "linear.pth", result, n_last_blocks=args.n_last_blocks,
                            avgpool_patchtokens=bool(args.avgpool_patchtokens))
     stats = {"top1": result.top1, "top5": result.top5, "best_top1": result.best_top1}
@@ -98,7 +98,6 @@ def _evaluate(args, embed, start: float) -> int:
 
 def _train(args, embed, config, on_epoch):
     from ..data import ImageList
-    from ..errors import ConfigError
     from ..eval.linear import train_linear, train_linear_augmented
     from ..eval.runtime import resolve_device
 
@@ -106,8 +105,6 @@ def _train(args, embed, config, on_epoch):
         train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)
         device = resolve_device(args.device)
         return train_linear(train, val, config, args.num_labels, device, on_epoch), len(train), len(val)
-    if args.load_features:
-        raise ConfigError("--augment trains from images: it cannot use --load_features")
     train_dir, val_dir = split_folders(args)
     model = load_backbone(args)
     val = extract_folder(args, model, val_dir, embed, "val")
@@ -117,11 +114,19 @@ def _train(args, embed, config, on_epoch):
     return result, len(train_images), len(val)
 
 
-def _log_epoch(f, row: dict) -> None:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    if "val_top1" in row:
-        log.info("epoch %d: train loss %.4f, val top-1 %.2f", row["epoch"], row["train_loss"], row["val_top1"])
+class _EpochLog:
+    """Writes each epoch's row as a JSON line (the file is created with the first row) and logs it."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, False
+
+    def __call__(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a" if self.started else "w") as f:
+            f.write(json.dumps(row) + "\n")
+        self.started = True
+        if "val_top1" in row:
+            log.info("epoch %d: train loss %.4f, val top-1 %.2f", row["epoch"], row["train_loss"], row["val_top1"])
 
 
 def _report(stats: dict, info: dict, start: float) -> None:

@@ -57,7 +57,10 @@ class LinearClassifier(nn.Module):
 
 @dataclass
 class LinearConfig:
-    """Training recipe; ``lr`` is for a batch of 256 and scaled linearly with ``batch_size``."""
+    """Training recipe; ``lr`` is for a batch of 256 and scaled linearly with ``batch_size``.
+
+    ``seed`` seeds torch's global generator (initialisation, augmentations) and the shuffling.
+    """
 
     epochs: int = 100
     lr: float = 0.001
