@@ -78,8 +78,8 @@ class Trainer:
         self.main = self.dist.rank == 0
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed + self.dist.rank)
         self.data = TrainBatches(cfg, self.dist, self.device)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
         self.student.to(self.device)
         self.teacher.to(self.device)
@@ -87,6 +87,7 @@ class Trainer:
         if self.dist.enabled:
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.teacher.load_state_dict(self.student.state_dict())  # the weights DDP broadcast
         self.teacher_fwd: nn.Module = self.teacher
         if cfg.compile:
             self.student_ddp = torch.compile(self.student_ddp)
