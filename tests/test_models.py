@@ -108,7 +108,12 @@ def test_forward_returns_normalised_cls_and_intermediate_layers():
     assert cls.mean(dim=-1).abs().max() < 1e-4
 
 
-def test_sdpa_path_equals_explicit_attention():
+@pytest.mark.parametrize("explicit", [False, True])
+def test_sdpa_path_equals_explicit_attention(explicit, monkeypatch):
+    """The fused SDPA kernel (GPU / long sequences) and the matmul path (short CPU sequences)
+    both agree with the attention-returning path."""
+    import dinokit.models.vision_transformer as vt
+    monkeypatch.setattr(vt, "_explicit_is_faster", lambda x: explicit)
     torch.manual_seed(0)
     model = vit_small(patch_size=16, img_size=64).eval()
     x = torch.randn(2, 3, 64, 48)
