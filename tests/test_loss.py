@@ -74,3 +74,19 @@ def test_param_groups_clip_and_freeze():
         assert a == pytest.approx(min(b, 3.0), rel=1e-4)
     cancel_gradients_last_layer(0, head, freeze_last_layer=1)
     assert head.last_layer.weight_v.grad is None and head.mlp[0].weight.grad is not None
+
+
+def test_loss_on_bf16_logits_with_uneven_chunks():
+    torch.manual_seed(1)
+    B, K, ncrops = 13, 300, 6
+    student = torch.randn(ncrops * B, K).to(torch.bfloat16).requires_grad_()
+    teacher = torch.randn(2 * B, K)
+    loss = DINOLoss(K, ncrops, 0.04, 0.04, 0, 1)(student, teacher, 0)
+    ref = pairwise_reference(student.float(), teacher, torch.zeros(1, K), ncrops, 0.1, 0.04)
+    torch.testing.assert_close(loss, ref)
+    g, = torch.autograd.grad(loss, student)
+    assert g.dtype == torch.bfloat16
+    student32 = student.detach().float().requires_grad_()
+    g_ref, = torch.autograd.grad(pairwise_reference(student32, teacher, torch.zeros(1, K), ncrops, 0.1, 0.04),
+                                 student32)
+    torch.testing.assert_close(g.float(), g_ref, rtol=2e-2, atol=1e-5)

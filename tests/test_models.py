@@ -195,3 +195,23 @@ def test_drop_path_is_per_sample_and_off_in_eval():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x))
+
+
+@pytest.mark.parametrize("trainable_scale", [False, True])
+def test_weight_norm_last_layer_gradients_match_autograd(trainable_scale):
+    torch.manual_seed(0)
+    head = DINOHead(16, 9000, hidden_dim=32, bottleneck_dim=8, norm_last_layer=not trainable_scale)
+    with torch.no_grad():
+        head.last_layer.weight_g.uniform_(0.5, 2.0)
+    x = torch.randn(5, 16)
+    target = torch.randn(5, 9000)
+    (head(x) * target).sum().backward()
+    v = head.last_layer.weight_v.detach().clone().requires_grad_()
+    g = head.last_layer.weight_g.detach().clone().requires_grad_(trainable_scale)
+    z = F.normalize(head.mlp(x), dim=-1).detach()
+    (F.linear(z, v * g / v.norm(dim=1, keepdim=True)) * target).sum().backward()
+    torch.testing.assert_close(head.last_layer.weight_v.grad, v.grad)
+    if trainable_scale:
+        torch.testing.assert_close(head.last_layer.weight_g.grad, g.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head.last_layer.weight.dtype == torch.bfloat16 and head(x).dtype == torch.bfloat16

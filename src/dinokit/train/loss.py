@@ -68,52 +68,55 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
-def _targets(q: torch.Tensor, view: int) -> tuple[torch.Tensor, float]:
-    """The teacher targets student view ``view`` is trained on, summed, and their total mass:
-    global view 0 matches teacher view 1 and vice versa; local views match both."""
-    q0, q1 = q.chunk(2)
-    if view == 0:
-        return q1, 1.0
-    if view == 1:
-        return q0, 1.0
-    return q0 + q1, 2.0
+_ROWS = 8  # rows per chunk: 8 x 65536 float32 (2 MB) stay in cache across the passes below
+
+
+def _chunks(q: torch.Tensor, ncrops: int):
+    """``(student rows, teacher targets, target mass)`` in chunks of at most ``_ROWS`` rows.
+
+    Global view 0 matches teacher view 1 and vice versa; local views match both (summed)."""
+    batch = q.shape[0] // 2
+    q0, q1 = q[:batch], q[batch:]
+    both = q0 + q1 if ncrops > 2 else None
+    for view in range(ncrops):
+        target, mass = (q1, 1.0) if view == 0 else (q0, 1.0) if view == 1 else (both, 2.0)
+        for start in range(0, batch, _ROWS):
+            stop = min(start + _ROWS, batch)
+            yield slice(view * batch + start, view * batch + stop), target[start:stop], mass
 
 
 class _PairwiseCrossEntropy(torch.autograd.Function):
-    """``-sum_v sum_b Q_v . log_softmax(s_v / T)`` normalised by ``B * n_pairs``, one view at a time.
+    """``-sum_v sum_b Q_v . log_softmax(s_v / T)`` normalised by ``B * n_pairs``.
 
     Written out because ``log_softmax`` + product + sum through autograd makes about ten passes
-    over the ``[ncrops*B, K]`` logits (K = 65536) and keeps several copies alive; here the forward
-    makes two passes per view and keeps only the per-row log-normaliser, the backward two more.
+    over the ``[ncrops*B, K]`` logits (K = 65536) and keeps float32 copies of them alive. Here the
+    logits are visited in cache-sized row chunks: the forward keeps only each row's
+    log-normaliser, the backward recomputes the softmax chunk by chunk and writes the gradient in
+    the logits' dtype.
     """
 
     @staticmethod
     def forward(ctx, student_output, q, ncrops, temp):
-        batch = q.shape[0] // 2
-        scale = 1.0 / (batch * 2 * (ncrops - 1))
-        views = student_output.view(ncrops, batch, -1)
-        total = student_output.new_zeros((), dtype=torch.float32)
-        lse = []
-        for v in range(ncrops):
-            z = views[v].float() / temp  # a new tensor even when the input is float32
-            target, mass = _targets(q, v)
-            row_lse = torch.logsumexp(z, dim=-1)
-            total -= (target * z).sum() - mass * row_lse.sum()
-            lse.append(row_lse)
-        ctx.save_for_backward(student_output, q, torch.stack(lse))
-        ctx.ncrops, ctx.temp, ctx.scale = ncrops, temp, scale
-        return total * scale
+        lse = torch.empty(student_output.shape[0], device=q.device)
+        total = torch.zeros((), device=q.device)
+        buf = torch.empty(_ROWS, q.shape[1], device=q.device)
+        for rows, target, mass in _chunks(q, ncrops):
+            z = buf[:len(target)].copy_(student_output[rows]).mul_(1.0 / temp)
+            row_lse = torch.logsumexp(z, dim=1)
+            lse[rows] = row_lse
+            total += mass * row_lse.sum() - (target * z).sum()
+        ctx.save_for_backward(student_output, q, lse)
+        ctx.ncrops, ctx.temp = ncrops, temp
+        return total / (q.shape[0] * (ncrops - 1))
 
     @staticmethod
     def backward(ctx, grad_out):
         student_output, q, lse = ctx.saved_tensors
-        ncrops, temp = ctx.ncrops, ctx.temp
-        batch = q.shape[0] // 2
-        views = student_output.view(ncrops, batch, -1)
-        grad = torch.empty_like(student_output).view(ncrops, batch, -1)
-        factor = grad_out.float() * ctx.scale / temp
-        for v in range(ncrops):
-            target, mass = _targets(q, v)
-            p = (views[v].float() / temp).sub_(lse[v].unsqueeze(1)).exp_()
-            grad[v] = p.mul_(mass).sub_(target).mul_(factor)
-        return grad.view_as(student_output), None, None, None
+        factor = grad_out.float() / (q.shape[0] * (ctx.ncrops - 1) * ctx.temp)
+        grad = torch.empty_like(student_output)
+        buf = torch.empty(_ROWS, q.shape[1], device=q.device)
+        for rows, target, mass in _chunks(q, ctx.ncrops):
+            p = buf[:len(target)].copy_(student_output[rows]).mul_(1.0 / ctx.temp)
+            p.sub_(lse[rows].unsqueeze(1)).exp_()
+            torch.mul(p.mul_(mass).sub_(target), factor, out=grad[rows])
+        return grad, None, None, None
