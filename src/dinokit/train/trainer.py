@@ -162,8 +162,9 @@ class Trainer:
                 epoch += 1
                 self.save(epoch, 0, time.monotonic() - t0,
                           numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
-                self._log_epoch(epoch - 1, stats, time.monotonic() - t0,
-                                final=self.sched.finished(epoch, time.monotonic() - t0))
+                t_eval = time.monotonic()
+                self._log_epoch(epoch - 1, stats, t_eval - t0, final=self.sched.finished(epoch, t_eval - t0))
+                t0 += time.monotonic() - t_eval  # evaluation does not eat into a time budget
         finally:
             self._restore_signal_handlers()
         if self.main and cfg.report:
