@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import get_type_hints
 
 from ..errors import ConfigError
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(cfg)
     except TrainingInterrupted as e:
-        print(f"dinokit train: {e}")
-        return 130
+        print(f"dinokit train: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for a process stopped by a signal
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
     so that their longer side is at most ``max_side``. Raises ``ImageDecodeError`` naming the file.
     """
     try:
+        _require_regular_file(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; failures still raise
             with Image.open(path) as im:
@@ -47,7 +49,7 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 im = _to_rgb(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+    except Exception as e:  # a malformed file can make a PIL plugin raise almost anything
         raise ImageDecodeError(f"{path}: {type(e).__name__}: {e}") from None
     if im.width < 1 or im.height < 1:
         raise ImageDecodeError(f"{path}: empty image")
@@ -55,6 +57,12 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
         scale = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
     return im
+
+
+def _require_regular_file(path) -> None:
+    """A FIFO or device named ``*.jpg`` would block or never end when read: refuse it up front."""
+    if isinstance(path, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -10,6 +10,8 @@ ImageNet-sized photos (crops of 224 and 96 are then taken from at most 256 x 256
 A file that cannot be decoded never stops training: :class:`TrainImageDataset` returns it with
 ``hw = (0, 0)``, :func:`collate_skip_bad` drops it and hands its index back in ``batch.bad``,
 and :meth:`TrainImageDataset.report_bad` records it (with the reason) once in ``images.bad``.
+DataLoader workers ignore SIGINT (:func:`ignore_sigint`): a Ctrl-C reaches the training process
+alone, which finishes its step and writes a checkpoint instead of losing its workers mid-batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from .folder import ImageDecodeError, ImageList, load_rgb
 
 __all__ = ["TrainBatch", "TrainImageDataset", "CachedImages", "collate_skip_bad", "to_canvas",
-           "estimate_decoded_bytes"]
+           "estimate_decoded_bytes", "ignore_sigint"]
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +89,19 @@ class TrainImageDataset(Dataset):
         canvas, hw = to_canvas(im, self.canvas)
         return canvas, hw, label, i
 
-    def report_bad(self, indices) -> list[str]:
+    def report_bad(self, indices, log_each: bool = True) -> list[str]:
         """Record the files at ``indices`` (from ``batch.bad``) in ``images.bad``, each once, with
-        the reason, logging a warning for each new one. Returns the newly recorded paths."""
-        return _record_bad(self.images, indices)
+        the reason, logging a warning for each new one (``log_each=False``: at debug level, for a
+        caller that reports them together). Returns the newly recorded paths."""
+        return _record_bad(self.images, indices, log_each)
 
 
-def _record_bad(images: ImageList, indices) -> list[str]:
+def ignore_sigint(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of DataLoaders: the main process alone handles Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _record_bad(images: ImageList, indices, log_each: bool = True) -> list[str]:
     new = []
     for i in indices:
         path = str(images.paths[int(i)])
@@ -103,7 +113,7 @@ def _record_bad(images: ImageList, indices) -> list[str]:
         except ImageDecodeError as e:
             reason = str(e).removeprefix(f"{path}: ")
         images.bad[path] = reason
-        log.warning("skipping unusable image %s (%s)", path, reason)
+        log.log(logging.WARNING if log_each else logging.DEBUG, "skipping unusable image %s (%s)", path, reason)
         new.append(path)
     return new
 
@@ -165,7 +175,8 @@ class CachedImages:
         self.labels = torch.empty(n, dtype=torch.long)
         self.index = torch.empty(n, dtype=torch.long)
         loader = DataLoader(TrainImageDataset(images, s), batch_size=decode_batch, shuffle=False,
-                            num_workers=num_workers, collate_fn=collate_skip_bad)
+                            num_workers=num_workers, collate_fn=collate_skip_bad,
+                            worker_init_fn=ignore_sigint if num_workers > 0 else None)
         pos = done = 0
         bad = []
         for batch in loader:  # in file order; good images are packed at the front
@@ -179,17 +190,27 @@ class CachedImages:
         if pos < n:  # drop the unused tail (a copy only when some files were bad)
             for name in ("images", "hw", "labels", "index"):
                 setattr(self, name, getattr(self, name)[:pos].clone())
-        _record_bad(images, bad)
+        _record_bad(images, bad, log_each=False)
         self.bad = {p: images.bad[p] for p in (str(images.paths[i]) for i in bad)}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the cache atomically (tensors and strings only, loadable with ``weights_only``)."""
+        """Write the cache atomically (tensors and strings only, loadable with ``weights_only``).
+
+        The cache only saves time: a failed write (disk full, read-only folder) is a warning."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save({"version": CACHE_VERSION, "key": self.key, "canvas": self.canvas, "images": self.images,
-                    "hw": self.hw, "labels": self.labels, "index": self.index, "bad": dict(self.bad)}, tmp)
-        os.replace(tmp, path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"version": CACHE_VERSION, "key": self.key, "canvas": self.canvas, "images": self.images,
+                            "hw": self.hw, "labels": self.labels, "index": self.index, "bad": dict(self.bad)}, f)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            log.warning("could not write the image cache %s (%s); it will be decoded again next time",
+                        path, getattr(e, "strerror", None) or e)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def _load(self, path: str | os.PathLike, images: ImageList) -> bool:
         if not Path(path).is_file():

@@ -8,11 +8,13 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 
 from ..augment import DINOMultiCrop
 from ..data import ImageList
-from ..data.train_dataset import CachedImages, TrainImageDataset, collate_skip_bad, estimate_decoded_bytes
-from ..errors import ConfigError
+from ..data.train_dataset import (CachedImages, TrainImageDataset, collate_skip_bad, estimate_decoded_bytes,
+                                  ignore_sigint)
+from ..errors import ConfigError, DataError
 
 __all__ = ["TrainBatches"]
 
@@ -69,13 +71,23 @@ class TrainBatches:
             self.dataset = TrainImageDataset(self.images, self.canvas)
             self.sampler = _ShardSampler(self.num_images, cfg.batch_size_per_gpu, dist_info.rank,
                                          dist_info.world_size, cfg.seed)
-        elif self.cached.bad:
-            log.warning("skipped %d unusable image file(s): %s", len(self.cached.bad),
-                        ", ".join(sorted(self.cached.bad)[:20]) + (" ..." if len(self.cached.bad) > 20 else ""))
+        elif len(self.cached) < per_step:
+            raise DataError(f"only {len(self.cached)} of the {self.num_images} files in {cfg.data_path!r} are "
+                            f"usable images, fewer than one batch of {per_step}; the others cannot be decoded "
+                            f"(e.g. {_first_bad(self.cached.bad)})")
 
     def __len__(self) -> int:
         n = len(self.cached.labels) if self.cached is not None else self.num_images
         return n // (self.cfg.batch_size_per_gpu * self.dist.world_size)
+
+    def bad_files(self) -> dict[str, str]:
+        """Files found unusable so far (path -> reason), by any process of the run. With the
+        DataLoader this is a collective: every process must call it at the same point."""
+        if self.cached is not None or not self.dist.enabled:
+            return dict(self.images.bad)
+        gathered: list = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, dict(self.images.bad))
+        return {p: r for part in gathered for p, r in part.items()}
 
     def _want_cache(self) -> bool:
         if self.cfg.cache == "yes":
@@ -105,10 +117,11 @@ class TrainBatches:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None)
+            persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None,
+            worker_init_fn=ignore_sigint if cfg.num_workers > 0 else None)
         for images, hw, _labels, _index, bad in loader:
             if bad:
-                self.dataset.report_bad(bad)
+                self.dataset.report_bad(bad, log_each=False)  # reported together by the trainer
             if images.shape[0] == 0:
                 continue
             yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
@@ -120,3 +133,7 @@ class TrainBatches:
     def views(self, images: torch.Tensor, hw: torch.Tensor, seed: int) -> list[torch.Tensor]:
         """Multi-crop views ``[B, 3, g, g] x 2 + [B, 3, l, l] x N``, reproducible from ``seed``."""
         return self.augment(images, hw, torch.Generator().manual_seed(seed))
+
+
+def _first_bad(bad: dict[str, str]) -> str:
+    return next((f"{p}: {r}" for p, r in sorted(bad.items())), "none listed")

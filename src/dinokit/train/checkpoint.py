@@ -3,8 +3,10 @@ old one, so a reader only ever sees a complete file."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 from ..errors import DinokitError
 from ..models.pretrained import CheckpointError, load_checkpoint_file
 
-__all__ = ["save_atomic", "load_for_resume", "CheckpointWriteError"]
+__all__ = ["save_atomic", "load_for_resume", "remove_stale_temporaries", "CheckpointWriteError"]
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +25,58 @@ class CheckpointWriteError(DinokitError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` so that a crash at any moment leaves the old file or the new one."""
+    """``torch.save`` to ``path`` so that a crash at any moment leaves the old file or the new one.
+
+    A failed write (disk full, read-only folder, ...) removes its temporary file and raises
+    ``CheckpointWriteError``; the file at ``path`` is then unchanged."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise CheckpointWriteError(f"could not write {path}: {e.strerror or e}; the previous checkpoint "
-                                   f"(if any) is intact") from None
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+        _unlink(tmp)
+        raise CheckpointWriteError(f"could not write {path}: {_reason(e, path.parent)}; the previous "
+                                   f"checkpoint (if any) is intact") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _unlink(tmp)
         raise
     return path
+
+
+def _unlink(tmp: str | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _reason(e: BaseException, folder: Path) -> str:
+    for err in (e, e.__context__):  # torch.save wraps the OSError of a failed write
+        if isinstance(err, OSError):
+            return err.strerror or str(err)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return str(e).splitlines()[0]
+    return f"{str(e).splitlines()[0]} ({free / 2**20:.0f} MiB free on that disk)"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that a process killed while writing (``kill -9``, power loss)
+    left in ``folder``; returns how many. Only the process that writes there may call this."""
+    n = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            n += 1
+    if n:
+        log.info("removed %d temporary file(s) left in %s by an interrupted write", n, folder)
+    return n
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -110,7 +110,7 @@ class TrainConfig:
         if self.time_budget:
             parse_duration(self.time_budget)
         if problems:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+            raise ConfigError("invalid configuration: " + "; ".join(problems))  # one line for the CLI
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""Process groups from torchrun or SLURM environment variables; NCCL on GPUs, gloo on CPUs."""
+"""Process groups from torchrun or SLURM environment variables; NCCL on GPUs, gloo on CPUs.
+
+A process that dies or stops answering makes the collectives of the others fail (at once when its
+connections close, after ``--dist_timeout_s`` when it hangs); :func:`peer_failures` turns those
+errors into one :class:`PeerFailure` that says how to resume, instead of a traceback or a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -11,9 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "is_main"]
+from ..errors import DinokitError
+
+__all__ = ["DistInfo", "PeerFailure", "init_distributed", "cleanup", "is_main", "peer_failures"]
 
 log = logging.getLogger(__name__)
+
+
+class PeerFailure(DinokitError):
+    """Another process of a distributed run died, or did not answer within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,35 @@ def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str =
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend, init_method=dist_url, rank=info.rank, world_size=info.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    with peer_failures(info, f"not all {info.world_size} processes joined within {timeout_s} s"):
+        dist.init_process_group(backend, init_method=dist_url, rank=info.rank, world_size=info.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     log.info("process %d/%d joined (%s)", info.rank, info.world_size, backend)
     return info
+
+
+_COLLECTIVE_HINTS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer", "broken pipe")
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a failed collective or rendezvous rather than a bug in this process."""
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(h in text for h in _COLLECTIVE_HINTS)
+
+
+@contextlib.contextmanager
+def peer_failures(info: DistInfo, advice: str):
+    """Re-raise a failed collective of a distributed run as ``PeerFailure`` (message + ``advice``)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not info.enabled or not is_collective_failure(e):
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise PeerFailure(f"process {info.rank} of {info.world_size}: a peer process failed or timed out "
+                          f"({detail}); {advice}") from e
 
 
 def cleanup() -> None:

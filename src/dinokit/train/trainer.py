@@ -1,5 +1,10 @@
 """The DINO training loop: student and EMA teacher, multi-crop views made on the device,
-per-iteration schedules, atomic checkpoints, automatic resume, optional wall-clock budget."""
+per-iteration schedules, atomic checkpoints, automatic resume, optional wall-clock budget.
+
+Nothing is lost to faults: SIGINT / SIGTERM finish the step and write a checkpoint; a periodic
+checkpoint that cannot be written is logged and retried at the next save, but a run whose final
+checkpoint could not be written raises ``CheckpointWriteError``; unusable image files are skipped
+and listed in ``skipped_files.txt``; a dead or silent peer process raises ``PeerFailure``."""
 
 from __future__ import annotations
 
@@ -17,13 +22,13 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from ..errors import ConfigError, DinokitError
+from ..errors import ConfigError, DataError, DinokitError
 from ..runtime import tune_malloc
 from .batches import TrainBatches
-from .checkpoint import load_for_resume, save_atomic
+from .checkpoint import CheckpointWriteError, load_for_resume, remove_stale_temporaries, save_atomic
 from .config import TrainConfig, parse_duration
 from .diagnostics import collapse_stats
-from .distributed import DistInfo, cleanup, init_distributed
+from .distributed import DistInfo, cleanup, init_distributed, peer_failures
 from .ema import TeacherEMA
 from .loss import DINOLoss
 from .networks import build_student_teacher
@@ -31,6 +36,7 @@ from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from .progress import JsonlWriter, ProgressBar
 from .schedules import Schedules
+from .skipped import SkippedFiles
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
@@ -46,6 +52,10 @@ class TrainingDiverged(DinokitError):
 
 class TrainingInterrupted(DinokitError):
     """SIGINT / SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
@@ -78,15 +88,20 @@ class Trainer:
         self.main = self.dist.rank == 0
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            remove_stale_temporaries(self.out)
         self.data = TrainBatches(cfg, self.dist, self.device)
+        self.skipped = SkippedFiles(self.out / "skipped_files.txt", set(map(str, self.data.images.paths)), self.main)
+        self.skipped.add(self.data.bad_files())
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.student_ddp: nn.Module = self.student
         if self.dist.enabled:
-            self.student_ddp = nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            with peer_failures(self.dist, self._resume_advice()):
+                self.student_ddp = nn.parallel.DistributedDataParallel(
+                    self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.teacher.load_state_dict(self.student.state_dict())  # the weights DDP broadcast
         self.teacher_fwd: nn.Module = self.teacher
         if cfg.compile:
@@ -104,6 +119,7 @@ class Trainer:
         self.metrics = JsonlWriter(self.out / "metrics.jsonl", self.main)
         self.epoch_log = JsonlWriter(self.out / "log.txt", self.main)
         self._stop_signal: int | None = None
+        self._unsaved: CheckpointWriteError | None = None  # the last checkpoint write failed
         self._knn: OnlineKNN | None = None
 
     # ------------------------------------------------------------------ state
@@ -133,43 +149,71 @@ class Trainer:
                  self.start_epoch, self.start_iter)
 
     def save(self, epoch: int, iter_in_epoch: int, elapsed: float, numbered: bool = False) -> None:
+        """Write ``checkpoint.pth`` (and ``checkpointNNNN.pth``). A failed write is logged and
+        remembered: training goes on with its good in-memory state, and the next save tries again;
+        ``fit`` raises it if the run ends without a checkpoint of its final state."""
         if not self.main:
             return
         ckpt = self.state_dict(epoch, iter_in_epoch, elapsed)
-        save_atomic(ckpt, self.out / "checkpoint.pth")
-        if numbered:
-            save_atomic(ckpt, self.out / f"checkpoint{epoch - 1:04}.pth")
+        self._unsaved = _try_save(ckpt, self.out / "checkpoint.pth")
+        if numbered and self._unsaved is None:
+            _try_save(ckpt, self.out / f"checkpoint{epoch - 1:04}.pth")
+
+    def _raise_if_unsaved(self, what: str) -> None:
+        if self._unsaved is not None:
+            raise CheckpointWriteError(f"{what}, but its checkpoint could not be written: {self._unsaved}. "
+                                       f"Free some space or fix the folder, then run the same command again")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
-        cfg = self.cfg
         self.resume()
-        if self.main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            log.info("training %s/%d on %d images (%s, %s), %d iterations per epoch, output in %s",
-                     cfg.arch, cfg.patch_size, self.data.num_images, self.device, self.precision,
-                     len(self.data), self.out)
+        self._start()
         self._install_signal_handlers()
-        t0 = time.monotonic() - self.elapsed_before
-        epoch = self.start_epoch
-        stats = {}
         try:
-            while not self.sched.finished(epoch, time.monotonic() - t0):
-                stats = self.train_one_epoch(epoch, t0)
-                if stats.get("stopped_early"):
-                    self._log_epoch(epoch, stats, time.monotonic() - t0, final=True)
-                    break
-                epoch += 1
-                self.save(epoch, 0, time.monotonic() - t0,
-                          numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
-                t_eval = time.monotonic()
-                self._log_epoch(epoch - 1, stats, t_eval - t0, final=self.sched.finished(epoch, t_eval - t0))
-                t0 += time.monotonic() - t_eval  # evaluation does not eat into a time budget
+            with peer_failures(self.dist, self._resume_advice()):
+                epoch, stats, elapsed = self._epochs()
         finally:
             self._restore_signal_handlers()
-        if self.main and cfg.report:
+        self.skipped.summary()
+        self._raise_if_unsaved("training finished")
+        if self.main and self.cfg.report:
             self._write_report()
-        return {"epochs": epoch, "elapsed_s": time.monotonic() - t0, **stats}
+        return {"epochs": epoch, "elapsed_s": elapsed, **stats}
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        if not self.main:
+            return
+        try:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        except OSError as e:
+            raise DinokitError(f"cannot write to the output folder {str(self.out)!r}: {e.strerror or e}") from None
+        log.info("training %s/%d on %d images (%s, %s), %d iterations per epoch, output in %s",
+                 cfg.arch, cfg.patch_size, self.data.num_images, self.device, self.precision,
+                 len(self.data), self.out)
+
+    def _epochs(self) -> tuple[int, dict, float]:
+        """Train from the resumed position to the end; ``(epoch reached, last stats, elapsed s)``."""
+        cfg = self.cfg
+        t0 = time.monotonic() - self.elapsed_before
+        epoch, stats = self.start_epoch, {}
+        while not self.sched.finished(epoch, time.monotonic() - t0):
+            stats = self.train_one_epoch(epoch, t0)
+            self.skipped.add(self.data.bad_files())
+            if stats.get("stopped_early"):
+                self._log_epoch(epoch, stats, time.monotonic() - t0, final=True)
+                break
+            epoch += 1
+            self.save(epoch, 0, time.monotonic() - t0,
+                      numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
+            t_eval = time.monotonic()
+            self._log_epoch(epoch - 1, stats, t_eval - t0, final=self.sched.finished(epoch, t_eval - t0))
+            t0 += time.monotonic() - t_eval  # evaluation does not eat into a time budget
+        return epoch, stats, time.monotonic() - t0
+
+    def _resume_advice(self) -> str:
+        return (f"restart all processes with the same torchrun command: training resumes from the last "
+                f"checkpoint in {self.out}")
 
     def _write_report(self) -> None:
         from ..viz.report import write_report
@@ -210,19 +254,28 @@ class Trainer:
                                     "img_per_s": rate})
             bar.update(i + 1, self.sched.eta(it, niter, elapsed, rate / max(images.shape[0], 1)),
                        epoch=epoch, loss=loss.item(), lr=values["lr"], **{"img/s": round(rate, 1)})
-            if self._stop_signal is not None:
-                self.save(epoch, i + 1, time.monotonic() - t0)
-                raise TrainingInterrupted(
-                    f"stopped by signal {self._stop_signal} after iteration {i + 1} of epoch {epoch}; "
-                    f"checkpoint written to {self.out / 'checkpoint.pth'}. Run the same command again to resume.")
+            signum = self._stop_requested()
+            if signum:
+                self._interrupted(signum, epoch, i + 1, time.monotonic() - t0)
             if self.sched.out_of_time(time.monotonic() - t0) or (cfg.max_steps and it + 1 >= cfg.max_steps):
                 bar.close()
                 self.save(epoch, i + 1, time.monotonic() - t0)
                 return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate,
                         "stopped_early": True, **values, **last}
         bar.close()
+        if n_steps == 0:
+            return self._epoch_without_steps(epoch, niter, skip, t0)
         rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
         return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate, **values, **last}
+
+    def _epoch_without_steps(self, epoch: int, niter: int, skip: int, t0: float) -> dict:
+        """Stats of an epoch that made no step: resumed after its last iteration, or only bad files."""
+        if skip < niter:
+            self.skipped.add(self.data.bad_files())
+            raise DataError(f"no usable image in {self.cfg.data_path!r}: every batch of epoch {epoch} was made "
+                            f"of files that cannot be decoded (see {self.skipped.path.name})")
+        values = self.sched.at(epoch * niter + niter - 1, epoch, time.monotonic() - t0)
+        return {"train_loss": None, "img_per_s": None, **values}
 
     def train_step(self, images: torch.Tensor, hw: torch.Tensor, it: int, epoch: int,
                    values: dict, diagnose: bool = False) -> tuple[torch.Tensor, dict]:
@@ -274,6 +327,23 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _stop_requested(self) -> int:
+        """The signal that asked to stop (0: none), agreed by all processes so that they stop together."""
+        signum = self._stop_signal or 0
+        if self.dist.enabled:
+            t = torch.tensor([signum], dtype=torch.int64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            signum = int(t.item())
+        return signum
+
+    def _interrupted(self, signum: int, epoch: int, done: int, elapsed: float) -> None:
+        self.skipped.add(self.data.bad_files())
+        self.save(epoch, done, elapsed)
+        what = f"stopped by {_signal_name(signum)} after iteration {done} of epoch {epoch}"
+        self._raise_if_unsaved(what)
+        raise TrainingInterrupted(f"{what}; checkpoint written to {self.out / 'checkpoint.pth'}. "
+                                  f"Run the same command again to resume.", signum)
+
     def _diverged(self, epoch: int, i: int, values: dict) -> None:
         raise TrainingDiverged(
             f"loss is not finite at epoch {epoch}, iteration {i} (lr {values['lr']:.3g}, teacher temperature "
@@ -323,6 +393,22 @@ class Trainer:
     def _restore_signal_handlers(self) -> None:
         for sig, old in getattr(self, "_old_handlers", {}).items():
             signal.signal(sig, old)
+
+
+def _try_save(ckpt: dict, path: Path) -> CheckpointWriteError | None:
+    try:
+        save_atomic(ckpt, path)
+    except CheckpointWriteError as e:
+        log.error("%s. Training goes on; the next save will try again", e)
+        return e
+    return None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _round(v):
