@@ -103,3 +103,15 @@ def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
     assert peak > 0.5 * 0.001 * 20 / 256  # warm-up reached near its peak (10% of the budget)
     assert lrs[-1] < 0.5 * peak           # and the cosine decayed within the budget
     assert steps[-1]["momentum"] > 0.999 and steps[-1]["teacher_temp"] == pytest.approx(0.04)
+
+
+def test_forced_collapse_is_flagged_and_healthy_run_is_not(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    train(tiny_config(train_dir, tmp_path / "healthy", epochs=1))
+    healthy = read_jsonl(tmp_path / "healthy" / "log.txt")[-1]
+    assert healthy["collapse_warning"] is None and healthy["teacher_entropy"] < 0.9 * math.log(256)
+    # Teacher temperature 1.0 and no centering: the teacher's output is flat.
+    train(tiny_config(train_dir, tmp_path / "collapsed", epochs=1, teacher_temp=1.0, warmup_teacher_temp=1.0,
+                      center_momentum=1.0))
+    collapsed = read_jsonl(tmp_path / "collapsed" / "log.txt")[-1]
+    assert collapsed["collapse_warning"] and "uniform" in collapsed["collapse_warning"]

@@ -58,6 +58,7 @@ class TrainConfig:
     global_crops_size: int = 224
     local_crops_size: int = 96
     precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
+    center_momentum: float = 0.9     # EMA of the teacher center (1.0: no centering)
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3

@@ -110,7 +110,8 @@ class Trainer:
         self.ema = TeacherEMA(self.student, self.teacher)
         ncrops = 2 + cfg.local_crops_number
         self.loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
-                             cfg.warmup_teacher_temp_epochs, max(cfg.epochs, 1)).to(self.device)
+                             cfg.warmup_teacher_temp_epochs, max(cfg.epochs, 1),
+                             center_momentum=cfg.center_momentum).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.student)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
