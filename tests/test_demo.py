@@ -1,0 +1,27 @@
+"""The demo's k-NN numbers and `dinokit knn` on the same checkpoint agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from test_train_loop import tiny_config
+
+from dinokit.demo import knn_baselines
+from dinokit.models import load_pretrained
+from dinokit.train import train
+
+
+def test_cli_knn_reproduces_the_demo_number(cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    train(tiny_config(train_dir, tmp_path, epochs=1))
+    teacher = load_pretrained(tmp_path / "checkpoint.pth")
+    demo = knn_baselines(teacher, str(train_dir), str(test_dir), image_size=32)
+    out = subprocess.run([sys.executable, "-m", "dinokit", "knn", "--pretrained_weights", str(tmp_path / "checkpoint.pth"),
+                          "--train_path", str(train_dir), "--val_path", str(test_dir), "--image_size", "32",
+                          "--nb_knn", "20", "--quiet"], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    top1 = result["results"]["20"]["top1"] if "results" in result else result["20"]["top1"]
+    assert round(top1, 2) == demo["dino"]
+    assert 10 < demo["raw_pixels"] < 60 and 0 < demo["random_init"] < 60
