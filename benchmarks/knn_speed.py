@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dinokit.eval.knn import knn_evaluate  # noqa: E402
-from dinokit.eval.runtime import resolve_device  # noqa: E402
+from dinokit.runtime import resolve_device  # noqa: E402
 
 
 def main(argv=None) -> int:

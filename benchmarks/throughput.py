@@ -32,6 +32,8 @@ PRESETS = {
     "cifar": {"preset": "cifar", "batch_size_per_gpu": 64, "local_crops_number": 6, "out_dim": 65536},
     # (b) the paper's ViT-S/16 recipe: 2 x 224 + 10 x 96, batch 32
     "vits16": {"preset": "vits16", "batch_size_per_gpu": 32, "local_crops_number": 10, "canvas_size": 256},
+    # the demo preset as `make demo` trains it
+    "demo": {"preset": "demo"},
 }
 
 
@@ -52,7 +54,8 @@ def bf16_peak_tflops(n: int = 4096, seconds: float = 3.0, device: str = "cpu") -
 def build_trainer(name: str, data: str, out: str, **extra) -> Trainer:
     values = dict(PRESETS[name])
     preset = values.pop("preset")
-    values.update(data_path=data, output_dir=out, cache="yes", report=False, num_workers=2, **extra)
+    values.update(data_path=data, output_dir=out, cache="yes", report=False, num_workers=2)
+    values.update(extra)
     return Trainer(load_config(values, preset=preset))
 
 
@@ -90,9 +93,11 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object last")
+    ap.add_argument("--set", default="{}", help="JSON object of TrainConfig overrides, e.g. '{\"patch_size\": 8}'")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(args.preset, args.data, out, precision=args.precision, compile=args.compile)
+        trainer = build_trainer(args.preset, args.data, out, precision=args.precision, compile=args.compile,
+                                **json.loads(args.set))
         images, hw = next(trainer.data.epoch(0))
         flops = step_flops(trainer, images, hw)
         sec, batch = measure(trainer, args.steps, args.warmup)

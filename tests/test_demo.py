@@ -18,7 +18,8 @@ def test_cli_knn_reproduces_the_demo_number(cifar_small, tmp_path):
     train(tiny_config(train_dir, tmp_path, epochs=1))
     teacher = load_pretrained(tmp_path / "checkpoint.pth")
     demo = knn_baselines(teacher, str(train_dir), str(test_dir), image_size=32)
-    out = subprocess.run([sys.executable, "-m", "dinokit", "knn", "--pretrained_weights", str(tmp_path / "checkpoint.pth"),
+    weights = str(tmp_path / "checkpoint.pth")
+    out = subprocess.run([sys.executable, "-m", "dinokit", "knn", "--pretrained_weights", weights,
                           "--train_path", str(train_dir), "--val_path", str(test_dir), "--image_size", "32",
                           "--nb_knn", "20", "--quiet"], capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])

@@ -1,11 +1,70 @@
-"""Process-level settings for fast CPU work."""
+"""Where the code runs: device, numeric precision and its autocast context, process settings."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import sys
 
-__all__ = ["tune_malloc"]
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "cpu_has_fast_bf16", "tune_malloc"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... as a device.
+
+    With ``"auto"`` on a GPU machine the GPU is ``local_rank`` (default: ``$LOCAL_RANK`` or 0), so
+    that each process of a ``torchrun`` job gets its own."""
+    if device is None or str(device) == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 / AMX), not by emulation."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, gpu_default: str = "fp32") -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPUs only).
+
+    ``"auto"`` is bf16 on CPUs that multiply bf16 natively (fp32 on the others, where bf16 is
+    emulated and slow) and ``gpu_default`` on GPUs: fp32 for evaluation, which reproduces the
+    published numbers; training passes fp16 when ``--use_fp16`` is on, as the official code does.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cpu":
+            return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return gpu_default
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast to bf16 or fp16; a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def tune_malloc() -> bool:

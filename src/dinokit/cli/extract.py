@@ -80,7 +80,7 @@ def crop_size(args: argparse.Namespace) -> int:
 
 def progress(args: argparse.Namespace):
     """A factory ``desc -> progress(done, total)`` for the library, or None with ``--quiet``."""
-    from ..eval.progress import ProgressBar
+    from ..progress import ProgressBar
 
     return None if getattr(args, "quiet", False) else ProgressBar
 
@@ -90,7 +90,7 @@ def load_backbone(args: argparse.Namespace):
     import torch
 
     from ..errors import ConfigError
-    from ..eval.runtime import resolve_device
+    from ..runtime import resolve_device
     from ..models import build_backbone, load_pretrained
 
     device = resolve_device(args.device)

@@ -97,7 +97,7 @@ def extract_pair(args: argparse.Namespace, embed=None):
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.knn import knn_evaluate
-    from ..eval.runtime import resolve_device
+    from ..runtime import resolve_device
 
     if min(args.nb_knn) < 1 or args.temperature <= 0:
         raise ConfigError("--nb_knn values and --temperature must be positive")

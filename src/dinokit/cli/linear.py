@@ -99,7 +99,7 @@ def _evaluate(args, embed, start: float) -> int:
 def _train(args, embed, config, on_epoch):
     from ..data import ImageList
     from ..eval.linear import train_linear, train_linear_augmented
-    from ..eval.runtime import resolve_device
+    from ..runtime import resolve_device
 
     if not args.augment:
         train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)

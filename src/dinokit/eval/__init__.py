@@ -15,7 +15,7 @@ from .linear import (LinearClassifier, LinearConfig, LinearResult, evaluate_clas
                      save_classifier, train_linear, train_linear_augmented)
 from .retrieval import (MultiScale, average_precision, compute_map, evaluate_folders, evaluate_revisited,
                         load_gnd, rank_database, revisited_map)
-from .runtime import resolve_device, resolve_precision
+from ..runtime import resolve_device, resolve_precision
 from .videoseg import PropagationConfig, evaluate_davis, propagate_labels, segment_video
 
 __all__ = [

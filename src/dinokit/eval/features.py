@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
 from ..errors import DataError
-from .runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 __all__ = ["Embedding", "Features", "extract_features", "load_features", "load_official_dump",
            "ImageFileDataset", "collate_images", "embed_batch", "model_device"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from .runtime import resolve_precision
+from ..runtime import resolve_precision
 
 __all__ = ["DEFAULT_KS", "knn_neighbors", "knn_votes", "knn_predict", "knn_evaluate", "knn_classify"]
 

@@ -29,7 +29,7 @@ from torch import nn
 from ..data import ImageList
 from ..errors import ConfigError, DataError
 from .features import EmbedFn, Embedding, Features, collate_images, embed_batch, ImageFileDataset, model_device
-from .runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 from .transforms import RandomResizedCropFlip
 
 __all__ = ["LinearClassifier", "LinearConfig", "LinearResult", "train_linear", "train_linear_augmented",

@@ -34,7 +34,7 @@ from ..data import IMG_EXTENSIONS, load_rgb, normalize, pil_to_uint8
 from ..errors import ConfigError, DataError
 from .davis_metrics import VOID, evaluate_sequence
 from .features import model_device
-from .runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 __all__ = ["PropagationConfig", "working_size", "neighbourhood_mask", "propagate_labels", "labels_to_mask",
            "read_mask", "write_indexed_png", "segment_video", "list_sequences", "evaluate_davis"]

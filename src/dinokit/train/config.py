@@ -63,6 +63,10 @@ class TrainConfig:
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    color_jitter: float = 1.0        # scales the jitter strengths (0.4, 0.4, 0.2, 0.1)
+    p_color_jitter: float = 0.8
+    p_grayscale: float = 0.2
+    p_solarize: float = 0.2          # on the second global crop
     canvas_size: int = 0             # side of the decoded image canvas; 0: from global_crops_size
     cache: str = "auto"              # decode the dataset once into memory: auto | yes | no
     time_budget: str = ""            # e.g. 30m, 1h30m: fit the whole schedule into this wall-clock time
@@ -102,6 +106,11 @@ class TrainConfig:
             problems.append("--epochs must be positive (or give --time_budget)")
         if self.local_crops_number < 0:
             problems.append("--local_crops_number cannot be negative")
+        for name in ("p_color_jitter", "p_grayscale", "p_solarize"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.color_jitter <= 2.5:
+            problems.append(f"--color_jitter {self.color_jitter}: use a strength in [0, 2.5] (1: the paper's)")
         for name in ("global_crops_scale", "local_crops_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:

@@ -22,8 +22,8 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from ..errors import ConfigError, DataError, DinokitError
-from ..runtime import tune_malloc
+from ..errors import DataError, DinokitError
+from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, load_for_resume, remove_stale_temporaries, save_atomic
 from .config import TrainConfig, parse_duration
@@ -34,7 +34,8 @@ from .loss import DINOLoss
 from .networks import build_student_teacher
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
-from .progress import JsonlWriter, ProgressBar
+from ..progress import ProgressBar
+from .logs import JsonlWriter
 from .schedules import Schedules
 from .skipped import SkippedFiles
 
@@ -58,22 +59,8 @@ class TrainingInterrupted(DinokitError):
         self.signum = int(signum)
 
 
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", cfg.local_rank)))
-    return torch.device("cpu")
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        if device.type == "cpu":
-            return "bf16"
-        return "fp16" if cfg.use_fp16 else "fp32"
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (the default) or fp32")
-    return cfg.precision
+def _local_rank(cfg: TrainConfig) -> int:
+    return int(os.environ.get("LOCAL_RANK", cfg.local_rank))
 
 
 class Trainer:
@@ -82,8 +69,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         tune_malloc()
-        self.device = resolve_device(cfg)
-        self.precision = resolve_precision(cfg, self.device)
+        self.device = resolve_device(cfg.device, _local_rank(cfg))
+        self.precision = resolve_precision(cfg.precision, self.device, "fp16" if cfg.use_fp16 else "fp32")
         self.dist: DistInfo = init_distributed(self.device, cfg.dist_timeout_s, cfg.dist_url)
         self.main = self.dist.rank == 0
         self.out = Path(cfg.output_dir)
@@ -230,7 +217,7 @@ class Trainer:
         self.teacher.train()
         niter = len(self.data)
         skip = self.start_iter if epoch == self.start_epoch else 0
-        bar = ProgressBar(niter, enabled=self.main)
+        bar = ProgressBar(total=niter, enabled=self.main)
         loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
         step_s = 0.0
         last = {}
@@ -323,10 +310,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _stop_requested(self) -> int:
         """The signal that asked to stop (0: none), agreed by all processes so that they stop together."""
