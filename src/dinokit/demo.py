@@ -1,4 +1,4 @@
-"""The demo: train ViT-tiny/4 on a small CIFAR-10 folder for a few minutes, then show what it
+"""The demo: train ViT-tiny/8 on a small CIFAR-10 folder for a few minutes, then show what it
 learned: k-NN accuracy beside raw pixels and a random network, a loss curve, attention maps."""
 
 from __future__ import annotations
