@@ -31,7 +31,7 @@ run() { echo "\$ $*" | sed "s#$EX#examples#g"; "$@" 2>&1 | grep -v '^\s*\[[# ]*\
 run $DK info "$W"
 run $DK knn --pretrained_weights "$W" --data_path data/cifar10-demo --image_size 32 --nb_knn 10 20 100 200
 run $DK extract --pretrained_weights "$W" --data_path data/cifar10-demo/test --image_size 32 --output "$EX/test_features.pth"
-run $DK linear --pretrained_weights "$W" --data_path data/cifar10-demo --image_size 32 --n_last_blocks 4 --epochs 20
+run $DK linear --pretrained_weights "$W" --data_path data/cifar10-demo --image_size 32 --n_last_blocks 4 --epochs 20 --output_dir "$EX/linear"
 run $DK retrieve --pretrained_weights "$W" --query "$EX/retrieval/query" --gallery "$EX/retrieval/gallery" --imsize 32
 run $DK copydetect --pretrained_weights "$W" --query "$EX/copydays/query" --database "$EX/copydays/database" \
     --distractors_path "$EX/copydays/distractors" --whitening_path "$EX/copydays/whitening" --imsize 32
