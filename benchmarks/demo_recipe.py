@@ -15,25 +15,10 @@ from pathlib import Path
 
 import torch
 
-from dinokit.data import EvalTransform
-from dinokit.eval.features import Embedding, extract_features
-from dinokit.eval.knn import knn_classify
+from dinokit.demo import knn_table
+from dinokit.eval.features import Embedding
 from dinokit.models import build_backbone, load_pretrained
 from dinokit.train import load_config, train
-from dinokit.train.online_knn import decode_folder
-
-
-def knn_table(nets: dict[str, torch.nn.Module], root: Path, size: int) -> dict[str, float]:
-    transform = EvalTransform(resize=size, crop=size)
-    train_x, train_y = decode_folder(str(root / "train"), transform)
-    test_x, test_y = decode_folder(str(root / "test"), transform)
-    out = {"raw_pixels": knn_classify(train_x.flatten(1), train_y, test_x.flatten(1), test_y, k=20)["top1"]}
-    for name, net in nets.items():
-        for tag, embed in (("cls", Embedding()), ("cls+avg", Embedding(1, True))):
-            a = extract_features(net, train_x, embed).features
-            b = extract_features(net, test_x, embed).features
-            out[f"{name}/{tag}"] = knn_classify(a, train_y, b, test_y, k=20)["top1"]
-    return {k: round(v, 2) for k, v in out.items()}
 
 
 def main(argv=None) -> int:
@@ -55,7 +40,9 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
     nets = {"teacher": load_pretrained(ckpt), "student": load_pretrained(ckpt, checkpoint_key="student"),
             "random": build_backbone(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size).eval()}
-    result = {"set": overrides, "minutes": round(minutes, 2), "knn_top1": knn_table(nets, root, cfg.global_crops_size)}
+    result = {"set": overrides, "minutes": round(minutes, 2), "knn_top1": knn_table(
+        nets, str(root / "train"), str(root / "test"), cfg.global_crops_size,
+        embeddings={"cls": Embedding(), "cls+avg": Embedding(1, True)})}
     print(json.dumps(result))
     return 0
 

@@ -11,35 +11,45 @@ from pathlib import Path
 import torch
 
 from .data import EvalTransform
-from .eval.features import extract_features
+from .eval.features import Embedding, extract_features
 from .eval.knn import knn_classify
 from .models import build_backbone, load_pretrained
 from .train import load_config, train
 from .train.online_knn import decode_folder
 
-__all__ = ["run_demo", "knn_baselines"]
+__all__ = ["run_demo", "knn_baselines", "knn_table"]
 
 log = logging.getLogger("dinokit.demo")
 
 
-def knn_baselines(teacher: torch.nn.Module, train_dir: str, test_dir: str, image_size: int, seed: int = 0,
-                  k: int = 20) -> dict[str, float]:
-    """Weighted k-NN top-1 (k=20, T=0.07) of the trained teacher, raw pixels and a random network."""
+def knn_table(nets: dict[str, torch.nn.Module], train_dir: str, test_dir: str, image_size: int,
+              embeddings: dict[str, Embedding] | None = None, k: int = 20) -> dict[str, float]:
+    """Weighted k-NN top-1 (T=0.07, percent) of raw pixels and of each network's features.
+
+    ``embeddings`` (``{tag: Embedding}``, default the class token) name the results
+    ``"net/tag"``; with the default they are named after the networks alone."""
     transform = EvalTransform(resize=image_size, crop=image_size)
     train_x, train_y = decode_folder(train_dir, transform)
     test_x, test_y = decode_folder(test_dir, transform)
-    torch.manual_seed(seed)
-    random_net = build_backbone("vit_tiny", teacher.patch_size, img_size=image_size)
 
     def top1(train_f, test_f):
         return round(knn_classify(train_f, train_y, test_f, test_y, k=k)["top1"], 2)
 
-    return {
-        "dino": top1(extract_features(teacher, train_x).features, extract_features(teacher, test_x).features),
-        "raw_pixels": top1(train_x.flatten(1), test_x.flatten(1)),
-        "random_init": top1(extract_features(random_net, train_x).features,
-                            extract_features(random_net, test_x).features),
-    }
+    out = {"raw_pixels": top1(train_x.flatten(1), test_x.flatten(1))}
+    for name, net in nets.items():
+        for tag, embed in (embeddings or {"": Embedding()}).items():
+            train_f, test_f = (extract_features(net, x, embed).features for x in (train_x, test_x))
+            out[f"{name}/{tag}" if tag else name] = top1(train_f, test_f)
+    return out
+
+
+def knn_baselines(teacher: torch.nn.Module, train_dir: str, test_dir: str, image_size: int, seed: int = 0,
+                  k: int = 20, arch: str = "vit_tiny") -> dict[str, float]:
+    """k-NN top-1 of the trained teacher, raw pixels and a random network of the same shape."""
+    torch.manual_seed(seed)
+    random_net = build_backbone(arch, teacher.patch_size, img_size=image_size)
+    r = knn_table({"dino": teacher, "random_init": random_net}, train_dir, test_dir, image_size, k=k)
+    return {"dino": r["dino"], "raw_pixels": r["raw_pixels"], "random_init": r["random_init"]}
 
 
 def run_demo(output_dir: str = "demo_output", data_root: str = "data/cifar10-demo", minutes: float = 5.0,
@@ -53,7 +63,8 @@ def run_demo(output_dir: str = "demo_output", data_root: str = "data/cifar10-dem
     train(cfg)
     train_minutes = (time.monotonic() - t0) / 60
     teacher = load_pretrained(out / "checkpoint.pth")
-    knn = knn_baselines(teacher, str(root / "train"), str(root / "test"), cfg.global_crops_size, seed)
+    knn = knn_baselines(teacher, str(root / "train"), str(root / "test"), cfg.global_crops_size, seed,
+                        arch=cfg.arch)
     pictures = _pictures(teacher, root, out)
     n_images = sum(1 for _ in (root / "train").rglob("*.jpg"))
     summary = {"knn_top1": knn, "minutes": round(train_minutes, 2), "images": n_images,

@@ -38,10 +38,10 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _from_env() -> DistInfo | None:
+def _from_env(local_rank: int = 0) -> DistInfo | None:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", local_rank)))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         info = DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
         env.setdefault("MASTER_ADDR", _slurm_master(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
@@ -62,9 +62,11 @@ def _slurm_master(nodelist: str) -> str:
     return nodelist.split(",")[0]
 
 
-def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str = "env://") -> DistInfo:
-    """Join the process group described by the environment; a single process otherwise."""
-    info = _from_env()
+def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str = "env://",
+                     local_rank: int = 0) -> DistInfo:
+    """Join the process group described by the environment; a single process otherwise.
+    ``local_rank`` (the official ``--local_rank`` flag) stands in for a missing ``$LOCAL_RANK``."""
+    info = _from_env(local_rank)
     if info is None or info.world_size == 1:
         return DistInfo()
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -59,19 +58,17 @@ class TrainingInterrupted(DinokitError):
         self.signum = int(signum)
 
 
-def _local_rank(cfg: TrainConfig) -> int:
-    return int(os.environ.get("LOCAL_RANK", cfg.local_rank))
-
-
 class Trainer:
     """Owns the models, optimiser, data and state of one run. ``fit()`` trains to the end."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         tune_malloc()
-        self.device = resolve_device(cfg.device, _local_rank(cfg))
-        self.precision = resolve_precision(cfg.precision, self.device, "fp16" if cfg.use_fp16 else "fp32")
-        self.dist: DistInfo = init_distributed(self.device, cfg.dist_timeout_s, cfg.dist_url)
+        kind = resolve_device(cfg.device)  # its type picks the precision and the backend
+        self.precision = resolve_precision(cfg.precision, kind, "fp16" if cfg.use_fp16 else "fp32")
+        # The process group before the GPU index: under SLURM it is what tells this process its GPU.
+        self.dist: DistInfo = init_distributed(kind, cfg.dist_timeout_s, cfg.dist_url, cfg.local_rank)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.main = self.dist.rank == 0
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +275,7 @@ class Trainer:
         seed = self.data.step_seed(it)
         torch.manual_seed(seed)  # stochastic depth: the same draws after a resume
         crops = self.data.views(images, hw, seed)
-        with self._autocast():
+        with autocast(self.device, self.precision):
             teacher_out = self.teacher_fwd(crops[:2])
             student_out = self.student_ddp(crops)
         loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
@@ -302,16 +299,13 @@ class Trainer:
 
     @torch.no_grad()
     def _diagnostics(self, first_crops, teacher_out, student_out, values) -> dict:
-        with self._autocast():
+        with autocast(self.device, self.precision):
             features = self.teacher.backbone(first_crops).float()
         stats = collapse_stats(teacher_out.float(), student_out.float(), self.loss.center,
                                values["teacher_temp"], self.loss.student_temp, features)
         return {**stats.to_dict(), "collapse_warning": stats.warning(self.cfg.out_dim)}
 
     # ------------------------------------------------------------------ helpers
-    def _autocast(self):
-        return autocast(self.device, self.precision)
-
     def _stop_requested(self) -> int:
         """The signal that asked to stop (0: none), agreed by all processes so that they stop together."""
         signum = self._stop_signal or 0
@@ -406,9 +400,8 @@ def _strip(sd: dict) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     """Train a DINO model as ``cfg`` says; resumes from ``cfg.output_dir`` when a checkpoint is there."""
-    trainer = Trainer(cfg)
     try:
-        return trainer.fit()
+        return Trainer(cfg).fit()
     finally:
         if dist.is_available() and dist.is_initialized():
             cleanup()
