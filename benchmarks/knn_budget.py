@@ -1,10 +1,15 @@
-"""k-NN accuracy after a wall-clock budget of training: the CIFAR preset on the full CIFAR-10.
+"""k-NN accuracy after a wall-clock budget of training on the full CIFAR-10.
 
     python benchmarks/knn_budget.py --minutes 60
 
-Trains ViT-tiny/4 (``--preset cifar``) on the 50,000 CIFAR-10 training JPEGs with
-``--time_budget``, then reports the weighted k-NN top-1 (k=20, T=0.07) of the teacher on the
-10,000 test images, beside raw pixels. Prints one JSON object last.
+Trains a CIFAR-size recipe on the 50,000 CIFAR-10 training JPEGs with ``--time_budget``, then
+reports the weighted k-NN top-1 (k=20, T=0.07) of the teacher on the 10,000 test images, beside
+raw pixels. Prints one JSON object last.
+
+The default is the demo's recipe (ViT-tiny/8, batch-norm head, out_dim 1024), the one measured to
+learn within minutes on 2 CPU cores; ``--preset cifar`` (ViT-tiny/4, the paper's head and learning
+rate at 32 px) costs 3.5x more a step, and the paper's recipe learns slowly at first: the official
+code after one CIFAR-10 epoch (27 CPU minutes) is at a random network's k-NN accuracy.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"))
     ap.add_argument("--output_dir", default="runs/knn_budget")
-    ap.add_argument("--preset", default="cifar")
+    ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config values")
     args = ap.parse_args()
     data = Path(args.data)
