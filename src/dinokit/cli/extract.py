@@ -85,6 +85,16 @@ def progress(args: argparse.Namespace):
     return None if getattr(args, "quiet", False) else ProgressBar
 
 
+def embedding(args: argparse.Namespace):
+    """The ``Embedding`` that ``--n_last_blocks`` and ``--avgpool_patchtokens`` ask for."""
+    from ..errors import ConfigError
+    from ..eval.features import Embedding
+
+    if args.n_last_blocks < 1:
+        raise ConfigError("--n_last_blocks must be at least 1")
+    return Embedding(args.n_last_blocks, args.avgpool_patchtokens)
+
+
 def load_backbone(args: argparse.Namespace):
     """The frozen backbone the flags describe, on ``--device``, in eval mode."""
     import torch
@@ -131,15 +141,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..eval.features import Embedding, extract_features
+    from ..eval.features import extract_features
 
-    if args.n_last_blocks < 1:
-        raise ConfigError("--n_last_blocks must be at least 1")
+    embed = embedding(args)
     start = time.perf_counter()
     model = load_backbone(args)
     bar = progress(args)
-    feats = extract_features(model, args.data_path, Embedding(args.n_last_blocks, args.avgpool_patchtokens),
+    feats = extract_features(model, args.data_path, embed,
                              image_transform(args), batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
                              precision=args.precision, progress=bar("extract") if bar else None)
     path = feats.save(args.output)

@@ -15,7 +15,8 @@ import math
 import time
 from pathlib import Path
 
-from .extract import add_backbone_args, add_bool, add_image_args, add_runtime_args, crop_size, load_backbone
+from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, crop_size, embedding,
+                      load_backbone)
 from .knn import extract_folder, extract_pair, load_feature_pair, split_folders
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..eval.features import Embedding
     from ..eval.linear import LinearConfig, save_classifier
 
-    if args.n_last_blocks < 1:
-        raise ConfigError("--n_last_blocks must be at least 1")
+    embed = embedding(args)
     if args.augment and args.load_features:
         raise ConfigError("--augment trains from images: it cannot use --load_features")
     start = time.perf_counter()
-    embed = Embedding(args.n_last_blocks, args.avgpool_patchtokens)
     if args.evaluate:
         return _evaluate(args, embed, start)
     config = LinearConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
