@@ -51,6 +51,8 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"arch": "vit_huge"}, "--arch"),
     ({"local_crops_scale": (0.5, 0.2)}, "local_crops_scale"),
     ({"time_budget": "soon"}, "time_budget"),
+    ({"centering": "mean"}, "--centering"),
+    ({"koleo_loss_weight": -0.1}, "--koleo_loss_weight"),
 ])
 def test_inconsistent_values(values, match):
     with pytest.raises(ConfigError, match=match):

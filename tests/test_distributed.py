@@ -1,4 +1,5 @@
-"""Two processes with gloo on this machine: teachers stay identical, the center is averaged."""
+"""Two processes with gloo on this machine: teachers stay identical, the center is averaged,
+Sinkhorn-Knopp balances over both ranks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dinokit.train import DINOLoss, load_config
+from dinokit.train.loss import sinkhorn_knopp
 from dinokit.train.trainer import Trainer
 
 from test_train_loop import TINY
@@ -18,6 +20,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sk_logits() -> torch.Tensor:
+    return torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
 
 
 def worker(rank: int, world: int, port: int, data: str, out: str) -> None:
@@ -31,9 +37,12 @@ def worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     # One center update with rank-specific teacher outputs: the result must be the global mean.
     loss = DINOLoss(4, 2, 0.04, 0.04, 0, 1, center_momentum=0.0)
     loss.update_center(torch.full((3, 4), float(rank + 1)))
+    # Sinkhorn-Knopp balances prototypes over both ranks' rows together.
+    sk_rows = sinkhorn_knopp(sk_logits()[3 * rank:3 * rank + 3], 0.1)
     first_batch = next(trainer.data.epoch(0))[0]
     torch.save({"teacher": trainer.teacher.state_dict(), "center": trainer.loss.center,
-                "probe_center": loss.center, "first_batch": first_batch}, os.path.join(out, f"rank{rank}.pt"))
+                "probe_center": loss.center, "sk_rows": sk_rows, "first_batch": first_batch},
+               os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -46,4 +55,7 @@ def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path):
         assert torch.equal(r0["teacher"][k], r1["teacher"][k]), k
     assert torch.equal(r0["center"], r1["center"]) and r0["center"].abs().sum() > 0
     torch.testing.assert_close(r0["probe_center"], torch.full((1, 4), 1.5))
+    whole = sinkhorn_knopp(sk_logits(), 0.1)  # one process, all six rows
+    torch.testing.assert_close(torch.cat((r0["sk_rows"], r1["sk_rows"])), whole)
+    assert not torch.allclose(sinkhorn_knopp(sk_logits()[:3], 0.1), whole[:3], atol=1e-3)
     assert (tmp_path / "checkpoint.pth").exists() and not (tmp_path / "rank1" / "checkpoint.pth").exists()

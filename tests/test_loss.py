@@ -90,3 +90,47 @@ def test_loss_on_bf16_logits_with_uneven_chunks():
     g_ref, = torch.autograd.grad(pairwise_reference(student32, teacher, torch.zeros(1, K), ncrops, 0.1, 0.04),
                                  student32)
     torch.testing.assert_close(g.float(), g_ref, rtol=2e-2, atol=1e-5)
+
+
+def test_sinkhorn_knopp_balances_prototypes_and_ignores_row_shifts():
+    from dinokit.train.loss import sinkhorn_knopp
+    torch.manual_seed(2)
+    logits = torch.randn(64, 16)
+    logits[:, 3] += 2.0  # every sample prefers prototype 3: softmax targets would all agree
+    q = sinkhorn_knopp(logits, temp=0.5, n_iterations=50)
+    torch.testing.assert_close(q.sum(1), torch.ones(64))
+    torch.testing.assert_close(q.sum(0), torch.full((16,), 64 / 16), rtol=1e-3, atol=1e-3)
+    assert (q.argmax(1) == 3).float().mean() < 0.5 < (F.softmax(logits / 0.5, 1).argmax(1) == 3).float().mean()
+    shifted = sinkhorn_knopp(logits + torch.randn(64, 1) * 10, temp=0.5, n_iterations=50)
+    torch.testing.assert_close(shifted, q, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_with_sinkhorn_knopp_targets_matches_pairwise_definition():
+    from dinokit.train.loss import sinkhorn_knopp
+    torch.manual_seed(3)
+    B, K, ncrops = 5, 40, 4
+    student, teacher = torch.randn(ncrops * B, K), torch.randn(2 * B, K)
+    loss = DINOLoss(K, ncrops, 0.04, 0.04, 0, 1, centering="sinkhorn_knopp")(student, teacher, 0)
+    q = sinkhorn_knopp(teacher, 0.04).chunk(2)
+    s = (student / 0.1).chunk(ncrops)
+    terms = [torch.sum(-q[i] * F.log_softmax(s[v], -1), -1).mean() for i in range(2) for v in range(ncrops) if v != i]
+    torch.testing.assert_close(loss, sum(terms) / len(terms))
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(K, ncrops, 0.04, 0.04, 0, 1, centering="mean")
+
+
+def test_koleo_is_the_nearest_neighbour_log_distance_and_its_gradient_spreads_features():
+    from dinokit.train.koleo import koleo_loss
+    torch.manual_seed(4)
+    x = torch.randn(12, 8)
+    x[1] = x[0] + 0.01 * torch.randn(8)  # a near-duplicate pair
+    n = F.normalize(x, dim=1)
+    d = torch.cdist(n, n) + torch.eye(12) * 10
+    torch.testing.assert_close(koleo_loss(x), -torch.log(d.min(1).values).mean(), rtol=1e-4, atol=1e-5)
+    x = x.requires_grad_()
+    for _ in range(20):
+        g, = torch.autograd.grad(koleo_loss(x), x)
+        x = (x - 0.1 * g).detach().requires_grad_()
+    n2 = F.normalize(x.detach(), dim=1)
+    d2 = torch.cdist(n2, n2) + torch.eye(12) * 10
+    assert d2.min() > 5 * d.min()  # the duplicate pair was pushed apart

@@ -115,3 +115,14 @@ def test_forced_collapse_is_flagged_and_healthy_run_is_not(cifar_small, tmp_path
                       center_momentum=1.0))
     collapsed = read_jsonl(tmp_path / "collapsed" / "log.txt")[-1]
     assert collapsed["collapse_warning"] and "uniform" in collapsed["collapse_warning"]
+
+
+def test_sinkhorn_knopp_centering_and_koleo_train_and_are_logged(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    train(tiny_config(train_dir, tmp_path, epochs=1, centering="sinkhorn_knopp", koleo_loss_weight=0.1))
+    last = read_jsonl(tmp_path / "log.txt")[-1]
+    assert math.isfinite(last["train_loss"]) and math.isfinite(last["koleo"])
+    # Sinkhorn-Knopp spreads each batch over all prototypes: the batch-averaged target is near uniform.
+    assert last["batch_entropy"] > 0.9 * math.log(256) and last["collapse_warning"] is None
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert ckpt["args"]["centering"] == "sinkhorn_knopp" and ckpt["args"]["koleo_loss_weight"] == 0.1

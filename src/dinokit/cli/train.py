@@ -31,6 +31,8 @@ HELP = {
     "knn_every": "online k-NN of the teacher every N epochs (needs --knn_train_path, --knn_val_path)",
     "canvas_size": "side of the decoded image canvas crops are taken from (0: auto)",
     "max_steps": "stop after this many iterations (0: no limit)",
+    "centering": "teacher centering: center (DINO's EMA center) or sinkhorn_knopp (DINOv2)",
+    "koleo_loss_weight": "weight of DINOv2's KoLeo term, which spreads the student's global-crop features",
 }
 
 

@@ -25,8 +25,13 @@ class MultiCropWrapper(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        return self.head(self.forward_backbone(x))
+    def forward(self, x: torch.Tensor | list[torch.Tensor],
+                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Head output ``[n_crops * B, out_dim]``; with ``return_features`` also the backbone
+        features ``[n_crops * B, D]`` it was computed from (one call, so DDP sees one forward)."""
+        features = self.forward_backbone(x)
+        out = self.head(features)
+        return (out, features) if return_features else out
 
     def forward_backbone(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Backbone features ``[n_crops * B, D]`` in input order."""

@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from .loss import CENTERINGS
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "parse_duration"]
 
@@ -59,6 +60,8 @@ class TrainConfig:
     local_crops_size: int = 96
     precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
     center_momentum: float = 0.9     # EMA of the teacher center (1.0: no centering)
+    centering: str = "center"        # center (DINO) | sinkhorn_knopp (DINOv2)
+    koleo_loss_weight: float = 0.0   # DINOv2's KoLeo spreading term on the student's global-crop features
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3
@@ -92,6 +95,10 @@ class TrainConfig:
             problems.append(f"--optimizer {self.optimizer!r} is not one of adamw, sgd, lars")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
+        if self.centering not in CENTERINGS:
+            problems.append(f"--centering {self.centering!r} is not one of {', '.join(CENTERINGS)}")
+        if self.koleo_loss_weight < 0:
+            problems.append(f"--koleo_loss_weight must be >= 0, got {self.koleo_loss_weight}")
         if self.cache not in ("auto", "yes", "no"):
             problems.append(f"--cache {self.cache!r} is not one of auto, yes, no")
         if self.arch.startswith("vit"):

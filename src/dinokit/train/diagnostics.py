@@ -117,14 +117,16 @@ class CollapseStats:
 
 def collapse_stats(teacher_logits: torch.Tensor, student_logits: torch.Tensor, center: torch.Tensor,
                    teacher_temp: float, student_temp: float = 0.1,
-                   features: torch.Tensor | None = None) -> CollapseStats:
+                   features: torch.Tensor | None = None, probs: torch.Tensor | None = None) -> CollapseStats:
     """All diagnostics at once from raw head outputs.
 
     ``teacher_logits [B_t, K]`` (the global crops), ``student_logits [B_s, K]`` with ``B_s >= B_t``
     whose first ``B_t`` rows are the same global crops (the multi-crop layout), ``center [1, K]``,
-    ``features [B, D]`` (backbone outputs) for the effective rank.
+    ``features [B, D]`` (backbone outputs) for the effective rank. ``probs [B_t, K]``: the teacher
+    targets when they are not the centred softmax (Sinkhorn-Knopp centering).
     """
-    probs = teacher_probs(teacher_logits, center, teacher_temp)
+    if probs is None:
+        probs = teacher_probs(teacher_logits, center, teacher_temp)
     student_log_probs = torch.log_softmax(student_logits[: len(probs)].detach().float() / student_temp, -1)
     return CollapseStats(
         teacher_entropy=float(entropy(probs).mean()),

@@ -9,7 +9,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOLoss", "teacher_temp_schedule"]
+__all__ = ["DINOLoss", "teacher_temp_schedule", "sinkhorn_knopp", "CENTERINGS"]
+
+CENTERINGS = ("center", "sinkhorn_knopp")
 
 
 def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int,
@@ -27,12 +29,18 @@ class DINOLoss(nn.Module):
     it is computed by summing the teacher targets each student view must match, which takes one
     pass over the logits instead of one per pair. The center is updated after each call, averaged
     over all processes.
+
+    ``centering="sinkhorn_knopp"`` replaces ``softmax((t - center) / T)`` by DINOv2's balanced
+    assignment of the batch to the K prototypes (``sinkhorn_knopp``): the center is then unused.
     """
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9):
+                 center_momentum: float = 0.9, centering: str = "center"):
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering {centering!r} is not one of {', '.join(CENTERINGS)}")
+        self.centering = centering
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.ncrops = ncrops
@@ -42,6 +50,8 @@ class DINOLoss(nn.Module):
 
     def teacher_probs(self, teacher_output: torch.Tensor, temp: float) -> torch.Tensor:
         """Centred, sharpened teacher distribution ``[2*B, K]`` (float32, no gradient)."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_output.detach().float(), temp)
         return F.softmax((teacher_output.detach().float() - self.center) / temp, dim=-1)
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
@@ -66,6 +76,28 @@ class DINOLoss(nn.Module):
             dist.all_reduce(count)
         batch_center = batch_center / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3,
+                   distributed: bool | None = None) -> torch.Tensor:
+    """Teacher targets ``[B, K]`` from logits ``[B, K]``: ``exp(logits / temp)`` scaled so that every
+    row sums to 1 and every prototype (column) receives the same mass over the whole batch, all
+    processes together (SwAV; DINOv2's teacher centering). Rows come out summing to 1.
+    ``distributed=False`` balances this process's rows alone (default: all processes if initialised)."""
+    q = (logits - logits.amax(dim=1, keepdim=True)).div_(temp).exp_()  # row shifts cancel out below
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    n_rows = torch.tensor([float(q.shape[0])], device=q.device)
+    if distributed:
+        dist.all_reduce(n_rows)
+    for _ in range(n_iterations):
+        cols = q.sum(dim=0, keepdim=True)
+        if distributed:
+            dist.all_reduce(cols)
+        q.div_(cols.clamp_(min=1e-30) * q.shape[1])  # a prototype no sample reaches stays at 0
+        q.div_(q.sum(dim=1, keepdim=True) * n_rows)
+    return q.mul_(n_rows)
 
 
 _ROWS = 8  # rows per chunk: 8 x 65536 float32 (2 MB) stay in cache across the passes below

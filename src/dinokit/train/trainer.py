@@ -29,7 +29,8 @@ from .config import TrainConfig, parse_duration
 from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
 from .ema import TeacherEMA
-from .loss import DINOLoss
+from .koleo import koleo_loss
+from .loss import DINOLoss, sinkhorn_knopp
 from .networks import build_student_teacher
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
@@ -41,7 +42,7 @@ from .skipped import SkippedFiles
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 DIAGNOSTIC_KEYS = ("teacher_entropy", "batch_entropy", "kl_teacher_student", "center_norm", "effective_rank",
-                   "collapse_warning")
+                   "koleo", "collapse_warning")
 
 log = logging.getLogger("dinokit.train")
 
@@ -95,7 +96,7 @@ class Trainer:
         ncrops = 2 + cfg.local_crops_number
         self.loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                              cfg.warmup_teacher_temp_epochs, max(cfg.epochs, 1),
-                             center_momentum=cfg.center_momentum).to(self.device)
+                             center_momentum=cfg.center_momentum, centering=cfg.centering).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.student)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
@@ -277,9 +278,15 @@ class Trainer:
         crops = self.data.views(images, hw, seed)
         with autocast(self.device, self.precision):
             teacher_out = self.teacher_fwd(crops[:2])
-            student_out = self.student_ddp(crops)
+            student_out, features = self.student_ddp(crops, return_features=True)
         loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
         stats = self._diagnostics(crops[0], teacher_out, student_out, values) if diagnose else {}
+        if cfg.koleo_loss_weight:
+            # per global crop, as DINOv2: neighbours are other images seen through the same view
+            koleo = sum(koleo_loss(f) for f in features[:2 * len(images)].chunk(2))
+            loss = loss + cfg.koleo_loss_weight * koleo
+            if diagnose:
+                stats["koleo"] = koleo.item()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -301,8 +308,11 @@ class Trainer:
     def _diagnostics(self, first_crops, teacher_out, student_out, values) -> dict:
         with autocast(self.device, self.precision):
             features = self.teacher.backbone(first_crops).float()
+        probs = None
+        if self.cfg.centering == "sinkhorn_knopp":  # this process's batch only: no collective here
+            probs = sinkhorn_knopp(teacher_out.float(), values["teacher_temp"], distributed=False)
         stats = collapse_stats(teacher_out.float(), student_out.float(), self.loss.center,
-                               values["teacher_temp"], self.loss.student_temp, features)
+                               values["teacher_temp"], self.loss.student_temp, features, probs)
         return {**stats.to_dict(), "collapse_warning": stats.warning(self.cfg.out_dim)}
 
     # ------------------------------------------------------------------ helpers
