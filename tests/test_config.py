@@ -35,6 +35,14 @@ def test_official_defaults():
     assert all(hasattr(cfg, f) for f in OFFICIAL_FLAGS)
 
 
+def test_train_help_shows_each_default_once():
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train_parser.format_help().split())
+    assert "--teacher_temp TEACHER_TEMP teacher temperature after warm-up (default: 0.04) --warmup" in text
+    assert "default: None" not in text
+    assert "--centering CENTERING teacher centering" in text
+
+
 def test_flags_preset_and_yaml_precedence(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 0.002\nlocal_crops_number: 2\nnorm_last_layer: false\n")
     cfg = parse("--preset", "cifar", "--config", str(tmp_path / "c.yaml"), "--local_crops_number", "4",

@@ -66,8 +66,7 @@ def register(sub) -> None:
     from ..train.config import PRESETS, TrainConfig
     p = sub.add_parser("train", help="train a DINO model on a folder of images",
                        description="Self-supervised DINO training. Flags and defaults follow the official "
-                                   "main_dino.py; --preset and --config set many at once.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "main_dino.py; --preset and --config set many at once.")
     p.add_argument("--config", default=None, help="YAML file of flag: value pairs")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=run)
