@@ -148,8 +148,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # choices, see the README). Patch 8 makes a step 3.5x cheaper than patch 4, so 5 minutes hold
     # ~900 steps; batch norm in the head spreads the nearly identical outputs of a random ViT apart,
     # so the teacher gives distinct targets from the first steps instead of a uniform distribution.
+    # No local crops: a 16 px crop is 2x2 patches of 8 px, too little to learn from, and the two
+    # global crops alone make a step faster (k-NN +5.6 over random instead of +2 to +4).
     "demo": dict(arch="vit_tiny", patch_size=8, out_dim=1024, use_bn_in_head=True, norm_last_layer=False,
-                 global_crops_size=32, local_crops_size=16, local_crops_number=4, batch_size_per_gpu=32,
+                 global_crops_size=32, local_crops_size=16, local_crops_number=0, batch_size_per_gpu=32,
                  drop_path_rate=0.0, canvas_size=32, global_crops_scale=(0.5, 1.0), local_crops_scale=(0.2, 0.5),
                  blur_sigma=(0.1, 0.5), num_workers=2, lr=0.008, warmup_epochs=10, min_lr=1e-5,
                  momentum_teacher=0.99, teacher_temp=0.04, weight_decay=0.04, weight_decay_end=0.1,
