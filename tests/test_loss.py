@@ -134,3 +134,15 @@ def test_koleo_is_the_nearest_neighbour_log_distance_and_its_gradient_spreads_fe
     n2 = F.normalize(x.detach(), dim=1)
     d2 = torch.cdist(n2, n2) + torch.eye(12) * 10
     assert d2.min() > 5 * d.min()  # the duplicate pair was pushed apart
+
+
+def test_returned_targets_are_the_ones_the_loss_used_before_the_center_moved():
+    torch.manual_seed(5)
+    B, K, ncrops = 4, 30, 3
+    student, teacher = torch.randn(ncrops * B, K), torch.randn(2 * B, K)
+    dino = DINOLoss(K, ncrops, 0.04, 0.04, 0, 1)
+    dino.center.fill_(0.3)
+    loss, q = dino(student, teacher, 0, return_targets=True)
+    torch.testing.assert_close(q, F.softmax((teacher - 0.3) / 0.04, dim=-1))
+    assert not torch.allclose(dino.center, torch.full((1, K), 0.3))  # updated after q was taken
+    torch.testing.assert_close(loss, DINOLoss(K, ncrops, 0.04, 0.04, 0, 1).cross_entropy(student, q))

@@ -123,7 +123,7 @@ def collapse_stats(teacher_logits: torch.Tensor, student_logits: torch.Tensor, c
     ``teacher_logits [B_t, K]`` (the global crops), ``student_logits [B_s, K]`` with ``B_s >= B_t``
     whose first ``B_t`` rows are the same global crops (the multi-crop layout), ``center [1, K]``,
     ``features [B, D]`` (backbone outputs) for the effective rank. ``probs [B_t, K]``: the teacher
-    targets when they are not the centred softmax (Sinkhorn-Knopp centering).
+    targets the loss used (default: the centred softmax; with Sinkhorn-Knopp they differ).
     """
     if probs is None:
         probs = teacher_probs(teacher_logits, center, teacher_temp)

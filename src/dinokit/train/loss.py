@@ -55,12 +55,14 @@ class DINOLoss(nn.Module):
         return F.softmax((teacher_output.detach().float() - self.center) / temp, dim=-1)
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
-                teacher_temp: float | None = None) -> torch.Tensor:
+                teacher_temp: float | None = None,
+                return_targets: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss; with ``return_targets`` also the teacher targets ``[2*B, K]`` it used."""
         temp = float(self.teacher_temp_schedule[epoch]) if teacher_temp is None else teacher_temp
         q = self.teacher_probs(teacher_output, temp)
         loss = self.cross_entropy(student_output, q)
         self.update_center(teacher_output)
-        return loss
+        return (loss, q) if return_targets else loss
 
     def cross_entropy(self, student_output: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Mean pairwise cross-entropy for teacher probabilities ``q [2*B, K]``."""
@@ -79,15 +81,12 @@ class DINOLoss(nn.Module):
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3,
-                   distributed: bool | None = None) -> torch.Tensor:
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
     """Teacher targets ``[B, K]`` from logits ``[B, K]``: ``exp(logits / temp)`` scaled so that every
     row sums to 1 and every prototype (column) receives the same mass over the whole batch, all
-    processes together (SwAV; DINOv2's teacher centering). Rows come out summing to 1.
-    ``distributed=False`` balances this process's rows alone (default: all processes if initialised)."""
+    processes together (SwAV; DINOv2's teacher centering). Rows come out summing to 1."""
     q = (logits - logits.amax(dim=1, keepdim=True)).div_(temp).exp_()  # row shifts cancel out below
-    if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
+    distributed = dist.is_available() and dist.is_initialized()
     n_rows = torch.tensor([float(q.shape[0])], device=q.device)
     if distributed:
         dist.all_reduce(n_rows)

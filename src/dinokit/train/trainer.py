@@ -30,7 +30,7 @@ from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
 from .ema import TeacherEMA
 from .koleo import koleo_loss
-from .loss import DINOLoss, sinkhorn_knopp
+from .loss import DINOLoss
 from .networks import build_student_teacher
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
@@ -279,8 +279,9 @@ class Trainer:
         with autocast(self.device, self.precision):
             teacher_out = self.teacher_fwd(crops[:2])
             student_out, features = self.student_ddp(crops, return_features=True)
-        loss = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"])
-        stats = self._diagnostics(crops[0], teacher_out, student_out, values) if diagnose else {}
+        loss, targets = self.loss(student_out, teacher_out, epoch, teacher_temp=values["teacher_temp"],
+                                  return_targets=True)
+        stats = self._diagnostics(crops[0], teacher_out, targets, student_out, values) if diagnose else {}
         if cfg.koleo_loss_weight:
             # per global crop, as DINOv2: neighbours are other images seen through the same view
             koleo = sum(koleo_loss(f) for f in features[:2 * len(images)].chunk(2))
@@ -305,14 +306,11 @@ class Trainer:
         return loss, stats
 
     @torch.no_grad()
-    def _diagnostics(self, first_crops, teacher_out, student_out, values) -> dict:
+    def _diagnostics(self, first_crops, teacher_out, targets, student_out, values) -> dict:
         with autocast(self.device, self.precision):
             features = self.teacher.backbone(first_crops).float()
-        probs = None
-        if self.cfg.centering == "sinkhorn_knopp":  # this process's batch only: no collective here
-            probs = sinkhorn_knopp(teacher_out.float(), values["teacher_temp"], distributed=False)
         stats = collapse_stats(teacher_out.float(), student_out.float(), self.loss.center,
-                               values["teacher_temp"], self.loss.student_temp, features, probs)
+                               values["teacher_temp"], self.loss.student_temp, features, probs=targets)
         return {**stats.to_dict(), "collapse_warning": stats.warning(self.cfg.out_dim)}
 
     # ------------------------------------------------------------------ helpers
