@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -26,12 +27,12 @@ def sk_logits() -> torch.Tensor:
     return torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
 
 
-def worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+def worker(rank: int, world: int, port: int, data: str, out: str, budget: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     cfg = load_config({**TINY, "data_path": data, "output_dir": out, "epochs": 1, "batch_size_per_gpu": 10,
-                       "dist_timeout_s": 120})
+                       "dist_timeout_s": 60, "time_budget": budget or ""})
     trainer = Trainer(cfg)
     trainer.fit()
     # One center update with rank-specific teacher outputs: the result must be the global mean.
@@ -46,9 +47,12 @@ def worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path):
+# With a time budget the schedules follow the clock: every process must read the same clock,
+# or teacher momenta differ and one process stops while the other waits for it.
+@pytest.mark.parametrize("budget", [None, "8s"], ids=["epochs", "time_budget"])
+def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path, budget):
     train_dir, _ = cifar_small
-    mp.spawn(worker, args=(2, free_port(), str(train_dir), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, free_port(), str(train_dir), str(tmp_path), budget), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(r0["first_batch"], r1["first_batch"])  # each rank saw its own images
     for k in r0["teacher"]:

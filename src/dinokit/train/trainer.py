@@ -183,7 +183,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.monotonic() - self.elapsed_before
         epoch, stats = self.start_epoch, {}
-        while not self.sched.finished(epoch, time.monotonic() - t0):
+        while not self.sched.finished(epoch, self._agree(time.monotonic() - t0)[1]):
             stats = self.train_one_epoch(epoch, t0)
             self.skipped.add(self.data.bad_files())
             if stats.get("stopped_early"):
@@ -217,11 +217,10 @@ class Trainer:
         skip = self.start_iter if epoch == self.start_epoch else 0
         bar = ProgressBar(total=niter, enabled=self.main)
         loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
-        step_s = 0.0
+        _, elapsed, step_s = self._agree(time.monotonic() - t0)
         last = {}
         for i, (images, hw) in enumerate(self.data.epoch(epoch, skip), start=skip):
             it = epoch * niter + i
-            elapsed = time.monotonic() - t0
             values = self.sched.at(it, epoch, elapsed)
             diagnose = i == niter - 1 or self.sched.out_of_time(elapsed + 2 * step_s) or \
                 bool(cfg.max_steps and it + 1 >= cfg.max_steps)
@@ -230,7 +229,6 @@ class Trainer:
             last = stats or last
             loss_sum += loss.detach()
             n_steps += 1
-            step_s = time.monotonic() - t_step
             images_seen += images.shape[0] * self.dist.world_size
             if not math.isfinite(loss.item()):
                 self._diverged(epoch, i, values)
@@ -240,12 +238,12 @@ class Trainer:
                                     "img_per_s": rate})
             bar.update(i + 1, self.sched.eta(it, niter, elapsed, rate / max(images.shape[0], 1)),
                        epoch=epoch, loss=loss.item(), lr=values["lr"], **{"img/s": round(rate, 1)})
-            signum = self._stop_requested()
+            signum, elapsed, step_s = self._agree(time.monotonic() - t0, time.monotonic() - t_step)
             if signum:
-                self._interrupted(signum, epoch, i + 1, time.monotonic() - t0)
-            if self.sched.out_of_time(time.monotonic() - t0) or (cfg.max_steps and it + 1 >= cfg.max_steps):
+                self._interrupted(signum, epoch, i + 1, elapsed)
+            if self.sched.out_of_time(elapsed) or (cfg.max_steps and it + 1 >= cfg.max_steps):
                 bar.close()
-                self.save(epoch, i + 1, time.monotonic() - t0)
+                self.save(epoch, i + 1, elapsed)
                 return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate,
                         "stopped_early": True, **values, **last}
         bar.close()
@@ -314,14 +312,16 @@ class Trainer:
         return {**stats.to_dict(), "collapse_warning": stats.warning(self.cfg.out_dim)}
 
     # ------------------------------------------------------------------ helpers
-    def _stop_requested(self) -> int:
-        """The signal that asked to stop (0: none), agreed by all processes so that they stop together."""
+    def _agree(self, elapsed: float, step_s: float = 0.0) -> tuple[int, float, float]:
+        """``(stop signal or 0, elapsed s, last step s)``, the largest over all processes: every process
+        then reads the same clock, so time-budget schedules, diagnostics and the stop (by budget or
+        by signal) happen at the same iteration everywhere. One small all-reduce per step."""
         signum = self._stop_signal or 0
         if self.dist.enabled:
-            t = torch.tensor([signum], dtype=torch.int64, device=self.device)
+            t = torch.tensor([signum, elapsed, step_s], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            signum = int(t.item())
-        return signum
+            signum, elapsed, step_s = t.tolist()
+        return int(signum), elapsed, step_s
 
     def _interrupted(self, signum: int, epoch: int, done: int, elapsed: float) -> None:
         self.skipped.add(self.data.bad_files())
