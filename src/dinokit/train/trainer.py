@@ -183,17 +183,20 @@ class Trainer:
         cfg = self.cfg
         t0 = time.monotonic() - self.elapsed_before
         epoch, stats = self.start_epoch, {}
-        while not self.sched.finished(epoch, self._agree(time.monotonic() - t0)[1]):
-            stats = self.train_one_epoch(epoch, t0)
+        elapsed = self._agree(time.monotonic() - t0)[1]
+        while not self.sched.finished(epoch, elapsed):
+            stats = self.train_one_epoch(epoch, t0, elapsed)
             self.skipped.add(self.data.bad_files())
             if stats.get("stopped_early"):
                 self._log_epoch(epoch, stats, time.monotonic() - t0, final=True)
                 break
             epoch += 1
-            self.save(epoch, 0, time.monotonic() - t0,
-                      numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
+            elapsed = self._agree(time.monotonic() - t0)[1]
+            self.save(epoch, 0, elapsed, numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
             t_eval = time.monotonic()
-            self._log_epoch(epoch - 1, stats, t_eval - t0, final=self.sched.finished(epoch, t_eval - t0))
+            self._log_epoch(epoch - 1, stats, elapsed, final=self.sched.finished(epoch, elapsed))
+            if self.dist.enabled:
+                dist.barrier()  # the main process evaluates; all leave together so none counts it
             t0 += time.monotonic() - t_eval  # evaluation does not eat into a time budget
         return epoch, stats, time.monotonic() - t0
 
@@ -209,7 +212,8 @@ class Trainer:
         except Exception as e:  # the run is saved; a failed picture must not fail it
             log.warning("could not write the training report: %s: %s", type(e).__name__, e)
 
-    def train_one_epoch(self, epoch: int, t0: float) -> dict:
+    def train_one_epoch(self, epoch: int, t0: float, elapsed: float) -> dict:
+        """One pass over the data from the clock ``t0``; ``elapsed``: seconds so far, as all processes agree."""
         cfg = self.cfg
         self.student.train()
         self.teacher.train()
@@ -217,8 +221,7 @@ class Trainer:
         skip = self.start_iter if epoch == self.start_epoch else 0
         bar = ProgressBar(total=niter, enabled=self.main)
         loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
-        _, elapsed, step_s = self._agree(time.monotonic() - t0)
-        last = {}
+        step_s, last = 0.0, {}
         for i, (images, hw) in enumerate(self.data.epoch(epoch, skip), start=skip):
             it = epoch * niter + i
             values = self.sched.at(it, epoch, elapsed)
