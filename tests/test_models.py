@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinokit.models import (DINOHead, MultiCropWrapper, interpolate_pos_embed, resnet50, vit_base, vit_small,
-                            vit_tiny)
+from dinokit.models import (DINOHead, MultiCropWrapper, interpolate_pos_embed, resnet18, resnet18_cifar,
+                            resnet34, resnet50, vit_base, vit_small, vit_tiny)
 
 
 def expected_vit_keys(dim: int, patch: int, img: int = 224, depth: int = 12) -> dict[str, tuple]:
@@ -30,26 +30,28 @@ def expected_vit_keys(dim: int, patch: int, img: int = 224, depth: int = 12) -> 
     return keys
 
 
-def expected_resnet50_keys() -> dict[str, tuple]:
-    """torchvision ResNet-50 keys without ``fc`` (what dino_resnet50_pretrain.pth holds)."""
+def expected_resnet_keys(blocks=(3, 4, 6, 3), bottleneck=True, width=64, stem=7) -> dict[str, tuple]:
+    """torchvision ResNet keys without ``fc`` (what dino_resnet50_pretrain.pth holds for ResNet-50)."""
     def bn(prefix, c):
         return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
                 f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
-    keys = {"conv1.weight": (64, 3, 7, 7), **bn("bn1", 64)}
-    cin = 64
-    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
-        for bi in range(blocks):
+    keys = {"conv1.weight": (width, 3, stem, stem), **bn("bn1", width)}
+    cin, grow = width, 4 if bottleneck else 1
+    for li, n in enumerate(blocks, start=1):
+        planes = width * 2 ** (li - 1)
+        for bi in range(n):
             p = f"layer{li}.{bi}"
-            keys[f"{p}.conv1.weight"] = (planes, cin, 1, 1)
-            keys.update(bn(f"{p}.bn1", planes))
-            keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-            keys.update(bn(f"{p}.bn2", planes))
-            keys[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-            keys.update(bn(f"{p}.bn3", planes * 4))
-            if bi == 0:
-                keys[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                keys.update(bn(f"{p}.downsample.1", planes * 4))
-            cin = planes * 4
+            if bottleneck:
+                convs = [(planes, cin, 1), (planes, planes, 3), (planes * 4, planes, 1)]
+            else:
+                convs = [(planes, cin, 3), (planes, planes, 3)]
+            for ci, (o, i, k) in enumerate(convs, start=1):
+                keys[f"{p}.conv{ci}.weight"] = (o, i, k, k)
+                keys.update(bn(f"{p}.bn{ci}", o))
+            if bi == 0 and (li > 1 or cin != planes * grow):
+                keys[f"{p}.downsample.0.weight"] = (planes * grow, cin, 1, 1)
+                keys.update(bn(f"{p}.downsample.1", planes * grow))
+            cin = planes * grow
     return keys
 
 
@@ -66,8 +68,23 @@ def test_vit_state_dict_matches_official_layout(ctor, dim, patch):
 
 def test_resnet50_state_dict_matches_torchvision_layout():
     model = resnet50()
-    assert shapes(model) == expected_resnet50_keys()
+    assert shapes(model) == expected_resnet_keys()
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2048)
+
+
+@pytest.mark.parametrize("ctor,blocks", [(resnet18, (2, 2, 2, 2)), (resnet34, (3, 4, 6, 3))])
+def test_basic_block_resnets_match_torchvision_layout(ctor, blocks):
+    model = ctor()
+    assert shapes(model) == expected_resnet_keys(blocks, bottleneck=False)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_cifar_resnet18_keeps_a_4x4_map_of_32px_images():
+    model = resnet18_cifar().eval()
+    assert shapes(model) == expected_resnet_keys((2, 2, 2, 2), bottleneck=False, width=32, stem=3)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape == (2, 256, 4, 4)
+    assert model(x).shape == (2, 256)
 
 
 def test_dino_head_keys_and_output():

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 import dinokit
-from dinokit.models import (CheckpointError, DINOHead, MultiCropWrapper, load_pretrained, resnet50, vit_small,
-                            vit_tiny)
+from dinokit.models import (CheckpointError, DINOHead, MultiCropWrapper, backbone_state_dict, build_backbone,
+                            infer_arch, load_pretrained, vit_small, vit_tiny)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,11 +60,13 @@ def test_head_loads_official_weight_norm_keys(tmp_path):
     torch.testing.assert_close(fresh(x), student.head(x))
 
 
-def test_safetensors_and_resnet(tmp_path):
-    model = resnet50()
-    save_file(model.state_dict(), str(tmp_path / "r50.safetensors"))
-    loaded = load_pretrained(tmp_path / "r50.safetensors")
-    assert same_weights(model, loaded)
+@pytest.mark.parametrize("arch", ["resnet50", "resnet18", "resnet34", "resnet18_cifar"])
+def test_safetensors_and_resnets(tmp_path, arch):
+    model = build_backbone(arch)
+    save_file(model.state_dict(), str(tmp_path / "r.safetensors"))
+    loaded = load_pretrained(tmp_path / "r.safetensors")  # the depth and stem are read off the tensors
+    assert type(loaded).__name__ == "ResNet" and same_weights(model, loaded)
+    assert infer_arch(backbone_state_dict(model.state_dict()))[0] == arch
 
 
 def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):

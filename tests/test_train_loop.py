@@ -126,3 +126,18 @@ def test_sinkhorn_knopp_centering_and_koleo_train_and_are_logged(cifar_small, tm
     assert last["batch_entropy"] > 0.9 * math.log(256) and last["collapse_warning"] is None
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert ckpt["args"]["centering"] == "sinkhorn_knopp" and ckpt["args"]["koleo_loss_weight"] == 0.1
+
+
+def test_cifar_resnet_trains_with_local_crops_and_loads_back(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    cfg = tiny_config(train_dir, tmp_path, arch="resnet18_cifar", epochs=1, max_steps=6)
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    teacher, student = ckpt["teacher"], ckpt["student"]
+    assert teacher["backbone.layer4.1.conv2.weight"].shape == (256, 256, 3, 3)  # torchvision names
+    # The teacher's batch norms track its own activations (train mode), its weights follow the EMA.
+    assert teacher["backbone.bn1.num_batches_tracked"] > 0
+    assert not torch.equal(teacher["backbone.conv1.weight"], student["backbone.conv1.weight"])
+    assert math.isfinite(read_jsonl(tmp_path / "metrics.jsonl")[-1]["loss"])
+    backbone = load_pretrained(tmp_path / "checkpoint.pth")  # depth and stem read off the tensors
+    assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 256)

@@ -47,7 +47,7 @@ def knn_baselines(teacher: torch.nn.Module, train_dir: str, test_dir: str, image
                   k: int = 20, arch: str = "vit_tiny") -> dict[str, float]:
     """k-NN top-1 of the trained teacher, raw pixels and a random network of the same shape."""
     torch.manual_seed(seed)
-    random_net = build_backbone(arch, teacher.patch_size, img_size=image_size)
+    random_net = build_backbone(arch, getattr(teacher, "patch_size", 16), img_size=image_size)
     r = knn_table({"dino": teacher, "random_init": random_net}, train_dir, test_dir, image_size, k=k)
     return {"dino": r["dino"], "raw_pixels": r["raw_pixels"], "random_init": r["random_init"]}
 

@@ -10,7 +10,7 @@ from typing import get_type_hints
 from ..errors import ConfigError
 
 HELP = {
-    "arch": "backbone: vit_tiny, vit_small, vit_base or resnet50",
+    "arch": "backbone: vit_tiny, vit_small, vit_base, resnet18, resnet34, resnet50 or resnet18_cifar (32 px)",
     "patch_size": "ViT patch size in pixels (8 or 16 in the paper; 4 for 32 px images)",
     "out_dim": "K, the number of prototypes of the DINO head",
     "norm_last_layer": "freeze the scale of the weight-normalised last layer (more stable)",

@@ -1,15 +1,15 @@
-"""Networks of DINO: ViT and ResNet-50 backbones, the projection head, the multi-crop wrapper."""
+"""Networks of DINO: ViT and ResNet backbones, the projection head, the multi-crop wrapper."""
 
 from .head import DINOHead, WeightNormLinear
 from .multicrop import MultiCropWrapper
 from .pretrained import (ARCHS, PRETRAINED_URLS, CheckpointError, backbone_state_dict, build_backbone,
                          infer_arch, load_checkpoint_file, load_pretrained, load_state_dict_strict)
-from .resnet import ResNet, resnet50
+from .resnet import ResNet, resnet18, resnet18_cifar, resnet34, resnet50
 from .vision_transformer import VisionTransformer, interpolate_pos_embed, vit_base, vit_small, vit_tiny
 
 __all__ = [
     "VisionTransformer", "vit_tiny", "vit_small", "vit_base", "interpolate_pos_embed",
-    "ResNet", "resnet50", "DINOHead", "WeightNormLinear", "MultiCropWrapper",
+    "ResNet", "resnet18", "resnet34", "resnet50", "resnet18_cifar", "DINOHead", "WeightNormLinear", "MultiCropWrapper",
     "ARCHS", "PRETRAINED_URLS", "CheckpointError", "build_backbone", "load_pretrained",
     "load_checkpoint_file", "backbone_state_dict", "infer_arch", "load_state_dict_strict",
 ]

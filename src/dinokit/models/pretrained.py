@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DinokitError
-from .resnet import resnet50
+from .resnet import resnet18, resnet18_cifar, resnet34, resnet50
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
 __all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
@@ -34,7 +34,8 @@ _RELEASE_ARCH = {"dino_vits16": ("vit_small", 16), "dino_vits8": ("vit_small", 8
                  "dino_vitb16": ("vit_base", 16), "dino_vitb8": ("vit_base", 8),
                  "dino_resnet50": ("resnet50", None)}
 _VIT_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
-ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base, "resnet50": resnet50}
+ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base, "resnet18": resnet18,
+         "resnet34": resnet34, "resnet50": resnet50, "resnet18_cifar": resnet18_cifar}
 
 
 class CheckpointError(DinokitError, RuntimeError):
@@ -42,11 +43,13 @@ class CheckpointError(DinokitError, RuntimeError):
 
 
 def build_backbone(arch: str, patch_size: int = 16, **kwargs) -> nn.Module:
-    """Backbone by name: ``vit_tiny``, ``vit_small``, ``vit_base`` (any patch size) or ``resnet50``."""
+    """Backbone by name: ``vit_tiny``, ``vit_small``, ``vit_base`` (any patch size; ``kwargs`` go to
+    the ViT) or ``resnet18``, ``resnet34``, ``resnet50``, ``resnet18_cifar`` (``patch_size`` and
+    ``kwargs`` ignored)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    if arch == "resnet50":
-        return resnet50()
+    if arch.startswith("resnet"):
+        return ARCHS[arch]()
     return ARCHS[arch](patch_size=patch_size, **kwargs)
 
 
@@ -108,7 +111,7 @@ def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str
 def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, int | None, int]:
     """``(arch, patch_size, img_size)`` read off a backbone state dict's tensor shapes."""
     if "layer4.0.conv1.weight" in sd:
-        return "resnet50", None, 224
+        return _infer_resnet(sd)
     if "patch_embed.proj.weight" not in sd or "pos_embed" not in sd:
         raise CheckpointError("cannot recognise the architecture: no ViT patch embedding or ResNet "
                               f"layers among the keys (first keys: {list(sd)[:5]})")
@@ -117,6 +120,14 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, int | None, int]:
         raise CheckpointError(f"ViT width {width} is none of {sorted(_VIT_BY_WIDTH)} (tiny/small/base)")
     grid = math.isqrt(sd["pos_embed"].shape[1] - 1)
     return _VIT_BY_WIDTH[width], patch, grid * patch
+
+
+def _infer_resnet(sd: dict[str, torch.Tensor]) -> tuple[str, None, int]:
+    if "layer4.0.conv3.weight" in sd:
+        return "resnet50", None, 224
+    if sd["conv1.weight"].shape[-1] == 3:  # 3x3 stem: the 32 px variant
+        return "resnet18_cifar", None, 32
+    return ("resnet34" if "layer3.5.conv1.weight" in sd else "resnet18"), None, 224
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..models import DINOHead, MultiCropWrapper, build_backbone
 from .config import TrainConfig
 
@@ -17,6 +19,8 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
     dim = student_bb.embed_dim
     head = dict(use_bn=cfg.use_bn_in_head, nlayers=cfg.head_nlayers, hidden_dim=cfg.head_hidden_dim,
                 bottleneck_dim=cfg.head_bottleneck_dim)
+    if not cfg.arch.startswith("vit"):  # weights in the layout of the channels-last activations
+        student_bb, teacher_bb = (bb.to(memory_format=torch.channels_last) for bb in (student_bb, teacher_bb))
     student = MultiCropWrapper(student_bb, DINOHead(dim, cfg.out_dim, norm_last_layer=cfg.norm_last_layer, **head))
     teacher = MultiCropWrapper(teacher_bb, DINOHead(dim, cfg.out_dim, **head))
     teacher.load_state_dict(student.state_dict())
