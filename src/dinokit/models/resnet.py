@@ -77,7 +77,6 @@ class ResNet(nn.Module):
                  block: type[nn.Module] = Bottleneck, width: int = 64, small_input: bool = False):
         super().__init__()
         self.inplanes = width
-        self.small_input = small_input
         if small_input:
             self.conv1 = _conv3x3(3, width)
         else:
