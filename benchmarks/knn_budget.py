@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--output_dir", default="runs/knn_budget")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config values")
+    ap.add_argument("--eval_size", type=int, default=None,
+                    help="image size for k-NN (default: the preset's canvas size, else its global crop size)")
     args = ap.parse_args()
     data = Path(args.data)
     extra = dict(kv.split("=", 1) for kv in args.set)
@@ -48,7 +50,8 @@ def main() -> None:
     t0 = time.time()
     train(cfg)
     minutes = (time.time() - t0) / 60
-    transform = EvalTransform(resize=cfg.global_crops_size, crop=cfg.global_crops_size)
+    size = args.eval_size or cfg.canvas_size or cfg.global_crops_size
+    transform = EvalTransform(resize=size, crop=size)
     train_x, train_y = decode_folder(str(data / "train"), transform)
     test_x, test_y = decode_folder(str(data / "test"), transform)
     model = load_pretrained(Path(args.output_dir) / "checkpoint.pth")
@@ -57,7 +60,7 @@ def main() -> None:
     raw = knn_classify(train_x.flatten(1), train_y, test_x.flatten(1), test_y, k=20, T=0.07)
     result = {"knn_top1": round(dino["top1"], 2), "knn_top5": round(dino["top5"], 2),
               "raw_pixels_top1": round(raw["top1"], 2), "train_minutes": round(minutes, 1),
-              "train_images": len(train_y), "test_images": len(test_y), "preset": args.preset, **extra}
+              "train_images": len(train_y), "test_images": len(test_y), "eval_size": size, "preset": args.preset, **extra}
     print(f"k-NN top-1 (k=20, T=0.07) after {minutes:.1f} min: {dino['top1']:.2f}% "
           f"(raw pixels {raw['top1']:.2f}%)")
     print(json.dumps(result))
