@@ -60,7 +60,8 @@ def main() -> None:
     raw = knn_classify(train_x.flatten(1), train_y, test_x.flatten(1), test_y, k=20, T=0.07)
     result = {"knn_top1": round(dino["top1"], 2), "knn_top5": round(dino["top5"], 2),
               "raw_pixels_top1": round(raw["top1"], 2), "train_minutes": round(minutes, 1),
-              "train_images": len(train_y), "test_images": len(test_y), "eval_size": size, "preset": args.preset, **extra}
+              "train_images": len(train_y), "test_images": len(test_y), "eval_size": size,
+              "preset": args.preset, **extra}
     print(f"k-NN top-1 (k=20, T=0.07) after {minutes:.1f} min: {dino['top1']:.2f}% "
           f"(raw pixels {raw['top1']:.2f}%)")
     print(json.dumps(result))

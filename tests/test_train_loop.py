@@ -10,6 +10,7 @@ import torch
 
 from dinokit.models import load_pretrained
 from dinokit.train import load_config
+from dinokit.train.networks import build_student_teacher
 from dinokit.train.trainer import Trainer, TrainingDiverged, train
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "out_dim": 256, "global_crops_size": 32, "local_crops_size": 16,
@@ -131,6 +132,9 @@ def test_sinkhorn_knopp_centering_and_koleo_train_and_are_logged(cifar_small, tm
 def test_cifar_resnet_trains_with_local_crops_and_loads_back(cifar_small, tmp_path):
     train_dir, _ = cifar_small
     cfg = tiny_config(train_dir, tmp_path, arch="resnet18_cifar", epochs=1, max_steps=6)
+    student_net, teacher_net = build_student_teacher(cfg)
+    for net in (student_net, teacher_net):  # weights stored in the layout of the activations
+        assert net.backbone.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     train(cfg)
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     teacher, student = ckpt["teacher"], ckpt["student"]
