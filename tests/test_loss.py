@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dinokit.errors import ConfigError
 from dinokit.train import DINOLoss, cosine_scheduler
+from dinokit.train.config import TrainConfig
 from dinokit.train.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
-from dinokit.train.schedules import cosine_at
+from dinokit.train.schedules import Schedules, cosine_at
 
 
 def pairwise_reference(student, teacher, center, ncrops, student_temp, teacher_temp):
@@ -56,6 +58,18 @@ def test_cosine_scheduler_matches_closed_form():
     assert s[10] == pytest.approx(1.0) and s[-1] > 0.1
     assert cosine_at(0.0, 1.0, 0.1, 0.2) == 0.0 and cosine_at(0.2, 1.0, 0.1, 0.2) == pytest.approx(1.0)
     assert cosine_at(1.0, 1.0, 0.1, 0.2) == pytest.approx(0.1)
+
+
+def test_teacher_momentum_ends_at_momentum_teacher_end_by_epochs_and_by_time():
+    cfg = TrainConfig(epochs=20, momentum_teacher=0.99, momentum_teacher_end=0.999)
+    by_epochs = Schedules(cfg, niter_per_ep=10)
+    assert by_epochs.momentum[0] == pytest.approx(0.99) and by_epochs.momentum[-1] == pytest.approx(0.999, abs=1e-5)
+    by_time = Schedules(cfg, niter_per_ep=10, budget_s=60.0)
+    assert by_time.at(0, 0, 0.0)["momentum"] == pytest.approx(0.99)
+    assert by_time.at(0, 0, 60.0)["momentum"] == pytest.approx(0.999)
+    assert Schedules(TrainConfig(epochs=20), 10).momentum[-1] == pytest.approx(1.0, abs=1e-5)  # the paper's
+    with pytest.raises(ConfigError, match="momentum_teacher_end"):
+        TrainConfig(momentum_teacher=0.99, momentum_teacher_end=0.9).validate()
 
 
 def test_param_groups_clip_and_freeze():

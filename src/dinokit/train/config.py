@@ -25,6 +25,7 @@ class TrainConfig:
     out_dim: int = 65536
     norm_last_layer: bool = True
     momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0  # where the cosine takes it (DINOv2: final_momentum_teacher)
     use_bn_in_head: bool = False
     # --- temperature ---
     warmup_teacher_temp: float = 0.04
@@ -113,6 +114,9 @@ class TrainConfig:
             problems.append("--epochs must be positive (or give --time_budget)")
         if self.local_crops_number < 0:
             problems.append("--local_crops_number cannot be negative")
+        if not 0 <= self.momentum_teacher <= self.momentum_teacher_end <= 1:
+            problems.append(f"--momentum_teacher {self.momentum_teacher} and --momentum_teacher_end "
+                            f"{self.momentum_teacher_end}: need 0 <= start <= end <= 1")
         for name in ("p_color_jitter", "p_grayscale", "p_solarize"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")

@@ -48,7 +48,7 @@ class Schedules:
             e, n = cfg.epochs, niter_per_ep
             self.lr = cosine_scheduler(self.base_lr, cfg.min_lr, e, n, warmup_epochs=cfg.warmup_epochs)
             self.wd = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, e, n)
-            self.momentum = cosine_scheduler(cfg.momentum_teacher, 1.0, e, n)
+            self.momentum = cosine_scheduler(cfg.momentum_teacher, cfg.momentum_teacher_end, e, n)
             warm = np.linspace(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs)
             self.temp = np.concatenate((warm, np.full(max(e - cfg.warmup_teacher_temp_epochs, 0), cfg.teacher_temp)))
 
@@ -67,7 +67,7 @@ class Schedules:
             cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * p / warm_t
         return {"lr": cosine_at(p, self.base_lr, cfg.min_lr, cfg.warmup_epochs * frac),
                 "wd": cosine_at(p, cfg.weight_decay, cfg.weight_decay_end),
-                "momentum": cosine_at(p, cfg.momentum_teacher, 1.0), "teacher_temp": temp,
+                "momentum": cosine_at(p, cfg.momentum_teacher, cfg.momentum_teacher_end), "teacher_temp": temp,
                 "frozen_epoch": 0 if p < cfg.freeze_last_layer * frac else cfg.freeze_last_layer}
 
     def finished(self, epoch: int, elapsed: float) -> bool:
