@@ -165,9 +165,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The demo's recipe on a convolutional backbone for 32 px images: for the same CPU time it learns
 # faster than ViT-tiny/8 (benchmarks/knn_budget.py, see the README), but has no attention maps.
-# Its learning rate and teacher momentum stay those of its measured hour-long runs.
+# Its learning rate and teacher momentum stay those of its measured hour-long runs; 24 px global
+# crops (of the 32 px canvas) make a step 1.5x cheaper, and the extra epochs gave k-NN 61.2 for 57.6.
 PRESETS["cifar_resnet"] = dict(PRESETS["demo"], arch="resnet18_cifar", time_budget="", lr=0.008,
-                               momentum_teacher_end=1.0)
+                               momentum_teacher_end=1.0, global_crops_size=24)
 
 
 def parse_duration(text: str) -> float:
