@@ -102,6 +102,18 @@ def test_globals_only_and_parameters_moved_in_one_copy(cifar_batch):
     assert _to_device(ts, torch.device("cpu")) is ts
 
 
+def test_a_calls_global_size_overrides_the_configured_one(cifar_batch):
+    images, hw = cifar_batch
+    aug = small_aug()
+    out = aug(images, hw, torch.Generator().manual_seed(4), global_size=20)
+    assert [tuple(o.shape) for o in out] == [(64, 3, 20, 20)] * 2 + [(64, 3, 16, 16)] * 6
+    # the same draws: the boxes cover the same part of each image, only the output size differs
+    full = aug(images, hw, torch.Generator().manual_seed(4))
+    shrunk = torch.nn.functional.interpolate(full[0], size=20, mode="bilinear", antialias=True)
+    assert (out[0] - shrunk).abs().mean() < 0.15 < (out[0] - shrunk.roll(1, 0)).abs().mean()
+    assert all(torch.equal(a, b) for a, b in zip(out[2:], full[2:]))
+
+
 def test_empty_batch():
     out = small_aug()(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, 2, dtype=torch.int32),
                       torch.Generator())

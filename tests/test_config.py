@@ -61,6 +61,7 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"time_budget": "soon"}, "time_budget"),
     ({"centering": "mean"}, "--centering"),
     ({"koleo_loss_weight": -0.1}, "--koleo_loss_weight"),
+    ({"global_crops_size_start": 20, "patch_size": 8, "global_crops_size": 32}, "start 20 is not a multiple"),
 ])
 def test_inconsistent_values(values, match):
     with pytest.raises(ConfigError, match=match):

@@ -11,7 +11,7 @@ from dinokit.errors import ConfigError
 from dinokit.train import DINOLoss, cosine_scheduler
 from dinokit.train.config import TrainConfig
 from dinokit.train.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
-from dinokit.train.schedules import Schedules, cosine_at
+from dinokit.train.schedules import Schedules, cosine_at, crop_size_at
 
 
 def pairwise_reference(student, teacher, center, ncrops, student_temp, teacher_temp):
@@ -70,6 +70,21 @@ def test_teacher_momentum_ends_at_momentum_teacher_end_by_epochs_and_by_time():
     assert Schedules(TrainConfig(epochs=20), 10).momentum[-1] == pytest.approx(1.0, abs=1e-5)  # the paper's
     with pytest.raises(ConfigError, match="momentum_teacher_end"):
         TrainConfig(momentum_teacher=0.99, momentum_teacher_end=0.9).validate()
+
+
+def test_progressive_resizing_grows_the_global_crops_by_epochs_and_by_time():
+    assert [crop_size_at(p, 16, 32) for p in (0, 0.1, 0.2, 0.5, 0.9, 1.0, 2.0)] == [16, 16, 16, 24, 32, 32, 32]
+    assert crop_size_at(0.5, 18, 30, multiple=4) == 24 and crop_size_at(0.0, 18, 30) == 18
+    cfg = TrainConfig(arch="vit_tiny", patch_size=8, global_crops_size=32, global_crops_size_start=16, epochs=4,
+                      warmup_epochs=1)
+    by_epochs = Schedules(cfg, niter_per_ep=10)
+    sizes = [by_epochs.at(it, it // 10, 0.0)["global_size"] for it in range(40)]
+    assert sizes[0] == 16 and sizes[-1] == 32 and set(sizes) == {16, 24, 32} and sizes == sorted(sizes)
+    by_time = Schedules(cfg, niter_per_ep=10, budget_s=100.0)
+    assert [by_time.at(0, 0, t)["global_size"] for t in (0, 30, 60, 100)] == [16, 24, 24, 32]
+    assert "global_size" not in Schedules(TrainConfig(epochs=20), 10).at(0, 0, 0.0)  # off by default
+    with pytest.raises(ConfigError, match="global_crops_size_start"):
+        TrainConfig(global_crops_size=32, global_crops_size_start=48).validate()
 
 
 def test_param_groups_clip_and_freeze():

@@ -95,7 +95,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar_small, tmp_p
 def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
     train_dir, _ = cifar_small
     cfg = tiny_config(train_dir, tmp_path, time_budget="6s", epochs=100, warmup_epochs=10,
-                      warmup_teacher_temp=0.02, teacher_temp=0.04, warmup_teacher_temp_epochs=50)
+                      warmup_teacher_temp=0.02, teacher_temp=0.04, warmup_teacher_temp_epochs=50,
+                      global_crops_size_start=16)
     result = train(cfg)
     assert 4 < result["elapsed_s"] < 30
     steps = read_jsonl(tmp_path / "metrics.jsonl")
@@ -104,6 +105,8 @@ def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
     assert peak > 0.5 * 0.001 * 20 / 256  # warm-up reached near its peak (10% of the budget)
     assert lrs[-1] < 0.5 * peak           # and the cosine decayed within the budget
     assert steps[-1]["momentum"] > 0.999 and steps[-1]["teacher_temp"] == pytest.approx(0.04)
+    sizes = [s["global_size"] for s in steps]  # progressive resizing: 16 px, then 24, then 32
+    assert sizes[0] == 16 and sizes[-1] == 32 and sizes == sorted(sizes)
 
 
 def test_forced_collapse_is_flagged_and_healthy_run_is_not(cifar_small, tmp_path):

@@ -69,6 +69,7 @@ class DINOMultiCrop:
 
     Returns ``[B, 3, global_size, global_size]`` twice, then ``[B, 3, local_size, local_size]``
     ``local_crops_number`` times, ImageNet-normalised, dtype ``out_dtype``, on ``images``' device.
+    A call's ``global_size`` overrides the configured one (progressive resizing).
     """
 
     def __init__(self, global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4),
@@ -95,13 +96,14 @@ class DINOMultiCrop:
         return f"DINOMultiCrop({self.cfg})"
 
     def __call__(self, images: torch.Tensor, hw: torch.Tensor, generator: torch.Generator | None = None,
-                 out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+                 out_dtype: torch.dtype | None = None, global_size: int | None = None) -> list[torch.Tensor]:
         c, B = self.cfg, images.shape[0]
         dtype = out_dtype or self.out_dtype
+        global_size = int(global_size or c.global_size)
         if B == 0:
             return [images.new_empty((0, 3, s, s), dtype=dtype)
-                    for s in [c.global_size] * 2 + [c.local_size] * c.local_crops_number]
-        groups = self._groups(B)
+                    for s in [global_size] * 2 + [c.local_size] * c.local_crops_number]
+        groups = self._groups(B, global_size)
         n_rows = [len(g[2]) for g in groups]
         plans = [_plan(c, u, p_blur, p_sol, B)
                  for u, (_, _, p_blur, p_sol) in zip(_uniforms(sum(n_rows), generator).split(n_rows), groups)]
@@ -120,14 +122,14 @@ class DINOMultiCrop:
             crops += self._augment(xf, boxes, plans[i], d, counts[i], size, dtype).split(B)
         return crops
 
-    def _groups(self, B: int) -> list[tuple]:
+    def _groups(self, B: int, global_size: int) -> list[tuple]:
         """(size, scale, p_blur [n], p_solarize [n]) of the global crops, then of the local ones."""
         c, n = self.cfg, self.cfg.local_crops_number * B
         p_blur = torch.full((2 * B,), c.p_blur[0])
         p_blur[B:] = c.p_blur[1]
         p_sol = torch.zeros(2 * B)
         p_sol[B:] = c.p_solarize
-        groups = [(c.global_size, c.global_crops_scale, p_blur, p_sol)]
+        groups = [(global_size, c.global_crops_scale, p_blur, p_sol)]
         if n:
             groups.append((c.local_size, c.local_crops_scale, torch.full((n,), c.p_blur[2]), torch.zeros(n)))
         return groups

@@ -30,6 +30,8 @@ HELP = {
     "cache": "decode the dataset once into memory: auto (if it fits in a quarter of RAM), yes, no",
     "time_budget": "fit the whole schedule into this wall-clock time, e.g. 30m or 1h30m",
     "knn_every": "online k-NN of the teacher every N epochs (needs --knn_train_path, --knn_val_path)",
+    "global_crops_size_start": "progressive resizing: the global crops grow from this size to "
+                               "--global_crops_size over the run (0: off)",
     "canvas_size": "side of the decoded image canvas crops are taken from (0: auto)",
     "max_steps": "stop after this many iterations (0: no limit)",
     "centering": "teacher centering: center (DINO's EMA center) or sinkhorn_knopp (DINOv2)",

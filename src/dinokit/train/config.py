@@ -59,6 +59,7 @@ class TrainConfig:
     # --- dinokit ---
     global_crops_size: int = 224
     local_crops_size: int = 96
+    global_crops_size_start: int = 0  # progressive resizing: globals grow from this to global_crops_size (0: off)
     precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
     center_momentum: float = 0.9     # EMA of the teacher center (1.0: no centering)
     centering: str = "center"        # center (DINO) | sinkhorn_knopp (DINOv2)
@@ -103,10 +104,13 @@ class TrainConfig:
         if self.cache not in ("auto", "yes", "no"):
             problems.append(f"--cache {self.cache!r} is not one of auto, yes, no")
         if self.arch.startswith("vit"):
-            for name in ("global_crops_size", "local_crops_size"):
+            for name in ("global_crops_size", "local_crops_size", "global_crops_size_start"):
                 size = getattr(self, name)
                 if size % self.patch_size:
                     problems.append(f"--{name} {size} is not a multiple of --patch_size {self.patch_size}")
+        if not 0 <= self.global_crops_size_start <= self.global_crops_size:
+            problems.append(f"--global_crops_size_start {self.global_crops_size_start}: use 0 (off) or a size "
+                            f"up to --global_crops_size {self.global_crops_size}")
         for name in ("batch_size_per_gpu", "out_dim", "patch_size", "global_crops_size", "local_crops_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name} must be positive, got {getattr(self, name)}")

@@ -1,4 +1,4 @@
-"""Per-iteration schedules: learning rate, weight decay, teacher momentum."""
+"""Per-iteration schedules: learning rate, weight decay, teacher momentum and temperature, crop size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["cosine_scheduler", "cosine_at", "Schedules"]
+__all__ = ["cosine_scheduler", "cosine_at", "crop_size_at", "Schedules"]
 
 
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
@@ -32,9 +32,18 @@ def cosine_at(progress: float, base_value: float, final_value: float, warmup_fra
     return final_value + 0.5 * (base_value - final_value) * (1 + math.cos(math.pi * rest))
 
 
+def crop_size_at(progress: float, start: int, end: int, multiple: int = 8) -> int:
+    """Progressive resizing: a size growing linearly from ``start`` to ``end`` over progress in
+    [0, 1], rounded to a multiple of ``multiple`` and kept within ``[start, end]``."""
+    progress = min(max(progress, 0.0), 1.0)
+    size = multiple * round((start + (end - start) * progress) / multiple)
+    return int(min(max(size, start), end))
+
+
 class Schedules:
     """All per-iteration values of a run: learning rate, weight decay, teacher momentum and
-    temperature, and whether the last layer is still frozen.
+    temperature, whether the last layer is still frozen, and with progressive resizing
+    (``cfg.global_crops_size_start``) the size of the global crops.
 
     With ``budget_s`` the run is laid out on wall-clock progress ``elapsed / budget`` instead of
     iterations: warm-ups and decays keep their share of ``cfg.epochs`` (10 warm-up epochs of 100
@@ -57,9 +66,19 @@ class Schedules:
         return None if self.budget_s else self.cfg.epochs * self.niter
 
     def at(self, it: int, epoch: int, elapsed: float) -> dict[str, float]:
-        if self.budget_s is None:
-            return {"lr": float(self.lr[it]), "wd": float(self.wd[it]), "momentum": float(self.momentum[it]),
-                    "teacher_temp": float(self.temp[epoch]), "frozen_epoch": epoch}
+        values = self._budget_values(elapsed) if self.budget_s else \
+            {"lr": float(self.lr[it]), "wd": float(self.wd[it]), "momentum": float(self.momentum[it]),
+             "teacher_temp": float(self.temp[epoch]), "frozen_epoch": epoch}
+        cfg = self.cfg
+        if cfg.global_crops_size_start:
+            progress = elapsed / self.budget_s if self.budget_s else it / max(self.total_iters - 1, 1)
+            # ViTs need whole patches; ResNets run slower on sizes their strides do not divide
+            multiple = cfg.patch_size if cfg.arch.startswith("vit") else 8
+            values["global_size"] = crop_size_at(progress, cfg.global_crops_size_start, cfg.global_crops_size,
+                                                 multiple)
+        return values
+
+    def _budget_values(self, elapsed: float) -> dict[str, float]:
         cfg, p = self.cfg, min(elapsed / self.budget_s, 1.0)
         frac = 1.0 / max(cfg.epochs, 1)  # the share of the budget one nominal epoch stands for
         warm_t = cfg.warmup_teacher_temp_epochs * frac
