@@ -39,3 +39,15 @@ run $DK videoseg --pretrained_weights "$W" --data_path "$EX/davis" --output_dir 
     --frame_size 96 --size_mask_neighborhood 3
 run $DK attention --pretrained_weights "$W" --image_path data/cifar10-demo/test/bird/0000.jpg \
     --image_size 128 128 --threshold 0.6 --output_dir docs/attention_bird
+
+# The README's picture: image, mean attention, its overlay, the heads' masks, side by side.
+"$PY" - <<'EOF2'
+from PIL import Image
+names = ["img", "attn-mean", "attn-overlay", "mask-overlay"]
+tiles = [Image.open(f"docs/attention_bird/{n}.png").convert("RGB") for n in names]
+gap, w, h = 10, tiles[0].width, tiles[0].height
+strip = Image.new("RGB", (len(tiles) * w + (len(tiles) - 1) * gap, h), "white")
+for i, tile in enumerate(tiles):
+    strip.paste(tile, (i * (w + gap), 0))
+strip.save("docs/attention_bird_strip.png")
+EOF2
