@@ -26,7 +26,9 @@ copy_subset(cifar / "test", ex / "retrieval" / "query", 5, offset=100)
 copy_subset(cifar / "test", ex / "retrieval" / "gallery", 50, offset=200)
 EOF
 
-run() { echo "\$ $*" | sed "s#$EX#examples#g"; "$@" 2>&1 | grep -v '^\s*\[[# ]*\] ' | sed "s#$EX#examples#g"; echo; }
+# Progress bars and log times vary from run to run: drop them so the output reads like the README.
+run() { echo "\$ $*" | sed "s#$EX#examples#g"; "$@" 2>&1 | grep -v '^\s*\[[# ]*\] ' |
+    sed -E "s#$EX#examples#g; s#^[0-9]{2}:[0-9]{2}:[0-9]{2} ##"; echo; }
 
 run $DK info "$W"
 run $DK knn --pretrained_weights "$W" --data_path data/cifar10-demo --image_size 32 --nb_knn 10 20 100 200
