@@ -62,6 +62,8 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"centering": "mean"}, "--centering"),
     ({"koleo_loss_weight": -0.1}, "--koleo_loss_weight"),
     ({"global_crops_size_start": 20, "patch_size": 8, "global_crops_size": 32}, "start 20 is not a multiple"),
+    ({"epochs": 2, "warmup_epochs": 10}, "--warmup_epochs 10 exceeds --epochs 2"),
+    ({"epochs": 5, "warmup_teacher_temp_epochs": 30}, "--warmup_teacher_temp_epochs 30 exceeds"),
 ])
 def test_inconsistent_values(values, match):
     with pytest.raises(ConfigError, match=match):

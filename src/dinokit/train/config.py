@@ -130,8 +130,11 @@ class TrainConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 problems.append(f"--{name} {lo} {hi}: need 0 < min <= max <= 1")
-        if self.warmup_teacher_temp_epochs > max(self.epochs, 0) and not self.time_budget:
-            problems.append("--warmup_teacher_temp_epochs exceeds --epochs")
+        if not self.time_budget:
+            for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
+                if getattr(self, name) > max(self.epochs, 0):
+                    problems.append(f"--{name} {getattr(self, name)} exceeds --epochs {self.epochs}: "
+                                    f"lower it or train for more epochs")
         if self.time_budget:
             parse_duration(self.time_budget)
         if problems:
