@@ -68,10 +68,15 @@ def step_flops(trainer: Trainer, images, hw) -> float:
 
 def measure(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
     """(seconds per step, images per step), data fetched from the in-memory cache each step."""
-    batches = trainer.data.epoch(0)
+    batches, epoch = trainer.data.epoch(0), 0
     times = []
     for i in range(warmup + steps):
-        images, hw = next(batches)
+        images_hw = next(batches, None)
+        if images_hw is None:  # a large batch on the small bundled folder: start the next epoch
+            epoch += 1
+            batches = trainer.data.epoch(epoch)
+            images_hw = next(batches)
+        images, hw = images_hw
         values = trainer.sched.at(i, 0, 0.0)
         t0 = time.perf_counter()
         loss, _ = trainer.train_step(images, hw, i, 0, values)

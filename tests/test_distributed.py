@@ -31,8 +31,8 @@ def worker(rank: int, world: int, port: int, data: str, out: str, budget: str) -
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    cfg = load_config({**TINY, "data_path": data, "output_dir": out, "epochs": 1, "batch_size_per_gpu": 10,
-                       "dist_timeout_s": 60, "time_budget": budget or ""})
+    cfg = load_config({**TINY, "device": "cpu", "data_path": data, "output_dir": out, "epochs": 1,
+                       "batch_size_per_gpu": 10, "dist_timeout_s": 60, "time_budget": budget or ""})
     trainer = Trainer(cfg)
     trainer.fit()
     # One center update with rank-specific teacher outputs: the result must be the global mean.

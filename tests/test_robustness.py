@@ -379,8 +379,8 @@ def dist_worker(rank: int, world: int, port: int, data: str, out: str, die_at: i
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    cfg = load_config({**TINY, "data_path": data, "output_dir": out, "epochs": 2, "batch_size_per_gpu": 10,
-                       "dist_timeout_s": 20, "saveckp_freq": 0})
+    cfg = load_config({**TINY, "device": "cpu", "data_path": data, "output_dir": out, "epochs": 2,
+                       "batch_size_per_gpu": 10, "dist_timeout_s": 20, "saveckp_freq": 0})
     t0 = time.monotonic()
     try:
         trainer = Trainer(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -11,12 +12,14 @@ import torch
 from dinokit.models import load_pretrained
 from dinokit.train import load_config
 from dinokit.train.networks import build_student_teacher
+from dinokit.train.fp16 import OverflowMonitor
 from dinokit.train.trainer import Trainer, TrainingDiverged, train
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "out_dim": 256, "global_crops_size": 32, "local_crops_size": 16,
         "local_crops_number": 2, "batch_size_per_gpu": 20, "canvas_size": 32, "num_workers": 0, "epochs": 2,
         "warmup_epochs": 1, "lr": 0.001, "head_hidden_dim": 64, "head_bottleneck_dim": 32, "report": False,
-        "drop_path_rate": 0.1, "saveckp_freq": 1, "log_every": 1}
+        "drop_path_rate": 0.1, "saveckp_freq": 1, "log_every": 1,
+        "precision": "bf16"}  # on a GPU too: fp16 would skip the first steps of these short runs (overflow)
 
 
 def tiny_config(data, out, **kw):
@@ -90,6 +93,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar_small, tmp_p
     assert "precision fp32" in str(err.value) and "teacher_temp" in str(err.value)
     kept = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["student"].values())
+
+
+def test_fp16_overflow_that_skips_most_steps_is_reported(cifar_small, tmp_path, caplog):
+    # A CPU grad scaler whose scale overflows the loss itself: every step is skipped, as fp16 on a
+    # GPU does while its scale is too high, and the student must not have moved.
+    train_dir, _ = cifar_small
+    trainer = Trainer(tiny_config(train_dir, tmp_path, epochs=1, max_steps=3))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=3e38, backoff_factor=0.9)
+    trainer.overflow = OverflowMonitor(trainer.scaler)
+    before = weights(trainer.student.state_dict())
+    with caplog.at_level(logging.WARNING, logger="dinokit"):
+        trainer.fit()
+    record = read_jsonl(tmp_path / "log.txt")[-1]
+    assert record["fp16_skipped_steps"] == 3 and record["loss_scale"] == pytest.approx(3e38 * 0.9 ** 3, rel=1e-5)
+    assert "3 of 3 steps were skipped" in record["fp16_warning"] and "--precision bf16" in caplog.text
+    after = trainer.student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):

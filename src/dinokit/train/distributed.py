@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DinokitError
+from ..runtime import resolve_device
 
 __all__ = ["DistInfo", "PeerFailure", "init_distributed", "cleanup", "is_main", "peer_failures"]
 
@@ -71,7 +72,7 @@ def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str =
         return DistInfo()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(info.local_rank)
+        torch.cuda.set_device(resolve_device(f"cuda:{info.local_rank}"))  # a clear error for a rank without a GPU
     with peer_failures(info, f"not all {info.world_size} processes joined within {timeout_s} s"):
         dist.init_process_group(backend, init_method=dist_url, rank=info.rank, world_size=info.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))

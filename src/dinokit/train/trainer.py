@@ -29,6 +29,7 @@ from .config import TrainConfig, parse_duration
 from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
 from .ema import TeacherEMA
+from .fp16 import OverflowMonitor
 from .koleo import koleo_loss
 from .loss import DINOLoss
 from .networks import build_student_teacher
@@ -43,6 +44,7 @@ __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 DIAGNOSTIC_KEYS = ("teacher_entropy", "batch_entropy", "kl_teacher_student", "center_norm", "effective_rank",
                    "koleo", "collapse_warning")
+FP16_KEYS = ("fp16_skipped_steps", "loss_scale", "fp16_warning")
 
 log = logging.getLogger("dinokit.train")
 
@@ -99,6 +101,7 @@ class Trainer:
                              center_momentum=cfg.center_momentum, centering=cfg.centering).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.student)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.overflow = OverflowMonitor(self.scaler) if self.scaler is not None else None
         self.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
         self.sched = Schedules(cfg, len(self.data), self.dist.world_size, self.budget_s)
         self.start_epoch, self.start_iter, self.elapsed_before = 0, 0, 0.0
@@ -222,6 +225,8 @@ class Trainer:
         bar = ProgressBar(total=niter, enabled=self.main)
         loss_sum, n_steps, images_seen, t_epoch = torch.zeros((), device=self.device), 0, 0, time.monotonic()
         step_s, last = 0.0, {}
+        if self.overflow:
+            self.overflow.start_epoch()
         for i, (images, hw) in enumerate(self.data.epoch(epoch, skip), start=skip):
             it = epoch * niter + i
             values = self.sched.at(it, epoch, elapsed)
@@ -235,6 +240,8 @@ class Trainer:
             images_seen += images.shape[0] * self.dist.world_size
             if not math.isfinite(loss.item()):
                 self._diverged(epoch, i, values)
+            if self.overflow:
+                self.overflow.step_done()
             rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
             if self.main and (it % cfg.log_every == 0):
                 self.metrics.write({"step": it, "epoch": epoch, "loss": loss.item(), **values,
@@ -248,12 +255,16 @@ class Trainer:
                 bar.close()
                 self.save(epoch, i + 1, elapsed)
                 return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate,
-                        "stopped_early": True, **values, **last}
+                        "stopped_early": True, **values, **last, **self._fp16_stats()}
         bar.close()
         if n_steps == 0:
             return self._epoch_without_steps(epoch, niter, skip, t0)
         rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
-        return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate, **values, **last}
+        return {"train_loss": (loss_sum / max(n_steps, 1)).item(), "img_per_s": rate, **values, **last,
+                **self._fp16_stats()}
+
+    def _fp16_stats(self) -> dict:
+        return self.overflow.stats() if self.overflow else {}
 
     def _epoch_without_steps(self, epoch: int, niter: int, skip: int, t0: float) -> dict:
         """Stats of an epoch that made no step: resumed after its last iteration, or only bad files."""
@@ -347,15 +358,16 @@ class Trainer:
         record = {"epoch": epoch, "train_loss": stats.get("train_loss"), "train_lr": stats.get("lr"),
                   "train_wd": stats.get("wd"), "teacher_temp": stats.get("teacher_temp"),
                   "momentum": stats.get("momentum"), "img_per_s": stats.get("img_per_s"), "elapsed_s": elapsed}
-        record.update({k: stats[k] for k in DIAGNOSTIC_KEYS if k in stats})
+        record.update({k: stats[k] for k in (*DIAGNOSTIC_KEYS, *FP16_KEYS) if k in stats})
         record.update(self._online_knn(epoch, final))
         self.epoch_log.write(record)
         if not self.main:
             return
         log.info("epoch %d: %s", epoch, json.dumps({k: _round(v) for k, v in record.items()
-                                                     if v is not None and k != "collapse_warning"}))
-        if record.get("collapse_warning"):
-            log.warning("epoch %d: %s", epoch, record["collapse_warning"])
+                                                     if v is not None and not k.endswith("_warning")}))
+        for key in ("collapse_warning", "fp16_warning"):
+            if record.get(key):
+                log.warning("epoch %d: %s", epoch, record[key])
 
     def _online_knn(self, epoch: int, final: bool) -> dict:
         cfg = self.cfg
