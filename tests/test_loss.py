@@ -105,7 +105,9 @@ def test_param_groups_clip_and_freeze():
     assert head.last_layer.weight_v.grad is None and head.mlp[0].weight.grad is not None
 
 
-def test_loss_on_bf16_logits_with_uneven_chunks():
+@pytest.mark.parametrize("rows", [8, 1000], ids=["cpu_chunks", "gpu_chunks"])
+def test_loss_on_bf16_logits_with_uneven_chunks(rows, monkeypatch):
+    monkeypatch.setattr("dinokit.train.loss._CPU_ROWS", rows)  # 1000: one chunk per view, as on a GPU
     torch.manual_seed(1)
     B, K, ncrops = 13, 300, 6
     student = torch.randn(ncrops * B, K).to(torch.bfloat16).requires_grad_()
