@@ -5,7 +5,7 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh              # everything, on a machine with a CUDA GPU
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests bench  # some sections: train bench compile tests demo
 #
-# Uses the machine's python3 and the repo's src/ (no install); logs go to $OUT.
+# Uses the machine's python3 and the repo's src/ (no install) and pytest-xdist for the suite; logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 PY=${PY:-python3}

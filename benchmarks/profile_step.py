@@ -9,28 +9,22 @@ number of operator calls per step, which shows launch-bound work on a GPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from throughput import PRESETS, REPO, build_trainer
+from throughput import build_trainer, step_parser
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="cifar")
-    ap.add_argument("--data", default=str(REPO / "data" / "cifar10-demo" / "train"))
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rows", type=int, default=25)
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--set", default="{}", help="JSON object of TrainConfig overrides")
+    ap = step_parser(__doc__, steps=2)
+    ap.add_argument("--rows", type=int, default=25, help="operators to list")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(args.preset, args.data, out, precision=args.precision, **json.loads(args.set))
+        trainer = build_trainer(args.preset, args.data, out, precision=args.precision, compile=args.compile,
+                                **json.loads(args.set))
         cuda = trainer.device.type == "cuda"
         batches = trainer.data.epoch(0)
 

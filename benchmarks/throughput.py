@@ -89,16 +89,22 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
     return times[len(times) // 2], images.shape[0]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def step_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The flags that choose what step to run: preset, data, steps, precision, overrides."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cifar")
     ap.add_argument("--data", default=str(REPO / "data" / "cifar10-demo" / "train"))
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     ap.add_argument("--set", default="{}", help="JSON object of TrainConfig overrides, e.g. '{\"patch_size\": 8}'")
+    return ap
+
+
+def main() -> None:
+    ap = step_parser(__doc__, steps=10)
+    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(args.preset, args.data, out, precision=args.precision, compile=args.compile,
