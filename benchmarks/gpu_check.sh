@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CUDA check in one call: the training CLI (bf16, fp16 with a grad scaler, resume, torchrun/NCCL),
-# the throughput benchmark, the test suite with CUDA visible, and a short demo.
+# the throughput benchmark and a profile of its steps, the test suite with CUDA visible, and a
+# short demo.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh              # everything, on a machine with a CUDA GPU
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests bench  # some sections: train bench compile tests demo
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests bench  # some sections: train bench profile compile tests demo
 #
 # Uses the machine's python3 and the repo's src/ (no install) and pytest-xdist for the suite; logs go to $OUT.
 set -u
@@ -59,6 +60,12 @@ compile() {
     step bench_vits16_compile 240 "${BENCH[@]}" --preset vits16 --compile --set '{"batch_size_per_gpu": 64}'
 }
 
+profile() {  # kernel launches per step and where the GPU time goes
+    step profile_cifar_b512 90 $PY benchmarks/profile_step.py --preset cifar --set '{"batch_size_per_gpu": 512}'
+    step profile_vits16_b64 90 $PY benchmarks/profile_step.py --preset vits16 --set '{"batch_size_per_gpu": 64}'
+    grep -h "kernel launches" "$W"/profile_*.log >>"$SUMMARY"
+}
+
 tests() {
     step pytest 150 env DINOKIT_CIFAR10=$PWD/$DATA $PY -m pytest -q -n 14 -p no:cacheprovider
     cp "$W/pytest.log" "$OUT/"; tail -25 "$W/pytest.log"
@@ -69,7 +76,7 @@ demo() {
     cp "$W/demo/loss_curve.png" "$OUT/" 2>/dev/null
 }
 
-for section in "${@:-train bench tests demo}"; do
+for section in "${@:-train bench profile tests demo}"; do
     for s in $section; do "$s"; done
 done
 cat "$W"/bench_*.log 2>/dev/null | grep '^{' >"$OUT/bench.jsonl"
