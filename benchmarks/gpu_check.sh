@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA check in one call: the training CLI (bf16, fp16 with a grad scaler, resume, torchrun/NCCL),
+# CUDA check in one call: the training CLI (bf16, fp16 with a grad scaler, resume, torchrun),
 # the throughput benchmark and a profile of its steps, the test suite with CUDA visible, and a
 # short demo.
 #
