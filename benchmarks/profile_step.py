@@ -48,5 +48,6 @@ def main() -> None:
           f"{launches / args.steps:.0f} kernel launches per step, device {trainer.device}, "
           f"precision {trainer.precision}")
 
+
 if __name__ == "__main__":
     main()

@@ -100,8 +100,7 @@ def test_fp16_overflow_that_skips_most_steps_is_reported(cifar_small, tmp_path, 
     # GPU does while its scale is too high, and the student must not have moved.
     train_dir, _ = cifar_small
     trainer = Trainer(tiny_config(train_dir, tmp_path, epochs=1, max_steps=3))
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=3e38, backoff_factor=0.9)
-    trainer.overflow = OverflowMonitor(trainer.scaler)
+    trainer.overflow = OverflowMonitor(torch.amp.GradScaler("cpu", init_scale=3e38, backoff_factor=0.9))
     before = weights(trainer.student.state_dict())
     with caplog.at_level(logging.WARNING, logger="dinokit"):
         trainer.fit()

@@ -15,6 +15,8 @@ class OverflowMonitor:
     A skipped step lowers the scale, which is how it is seen (as accelerate does): one host
     read per step, free where the loop already waits for the loss."""
 
+    KEYS = ("fp16_skipped_steps", "loss_scale", "fp16_warning")  # what :meth:`stats` can return
+
     def __init__(self, scaler: torch.amp.GradScaler):
         self.scaler = scaler
         self.start_epoch()

@@ -106,7 +106,9 @@ _GPU_CHUNK_BYTES = 256 << 20
 
 
 def _rows_per_chunk(q: torch.Tensor) -> int:
-    return _CPU_ROWS if q.device.type == "cpu" else max(1, _GPU_CHUNK_BYTES // (4 * q.shape[1]))
+    """Rows of one view per chunk for teacher targets ``q [2*B, K]``: at least 1, at most ``B``."""
+    rows = _CPU_ROWS if q.device.type == "cpu" else _GPU_CHUNK_BYTES // (4 * q.shape[1])
+    return max(1, min(rows, q.shape[0] // 2))
 
 
 def _chunks(q: torch.Tensor, ncrops: int, size: int):
@@ -137,7 +139,7 @@ class _PairwiseCrossEntropy(torch.autograd.Function):
     def forward(ctx, student_output, q, ncrops, temp):
         lse = torch.empty(student_output.shape[0], device=q.device)
         total = torch.zeros((), device=q.device)
-        size = max(1, min(_rows_per_chunk(q), q.shape[0] // 2))
+        size = _rows_per_chunk(q)
         buf = torch.empty(size, q.shape[1], device=q.device)
         for rows, target, mass in _chunks(q, ncrops, size):
             z = buf[:len(target)].copy_(student_output[rows]).mul_(1.0 / temp)
@@ -145,7 +147,7 @@ class _PairwiseCrossEntropy(torch.autograd.Function):
             lse[rows] = row_lse
             total += mass * row_lse.sum() - (target * z).sum()
         ctx.save_for_backward(student_output, q, lse)
-        ctx.ncrops, ctx.temp = ncrops, temp
+        ctx.ncrops, ctx.temp, ctx.size = ncrops, temp, size
         return total / (q.shape[0] * (ncrops - 1))
 
     @staticmethod
@@ -153,9 +155,8 @@ class _PairwiseCrossEntropy(torch.autograd.Function):
         student_output, q, lse = ctx.saved_tensors
         factor = grad_out.float() / (q.shape[0] * (ctx.ncrops - 1) * ctx.temp)
         grad = torch.empty_like(student_output)
-        size = max(1, min(_rows_per_chunk(q), q.shape[0] // 2))
-        buf = torch.empty(size, q.shape[1], device=q.device)
-        for rows, target, mass in _chunks(q, ctx.ncrops, size):
+        buf = torch.empty(ctx.size, q.shape[1], device=q.device)
+        for rows, target, mass in _chunks(q, ctx.ncrops, ctx.size):
             p = buf[:len(target)].copy_(student_output[rows]).mul_(1.0 / ctx.temp)
             p.sub_(lse[rows].unsqueeze(1)).exp_()
             torch.mul(p.mul_(mass).sub_(target), factor, out=grad[rows])

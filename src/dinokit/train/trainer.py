@@ -44,7 +44,6 @@ __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 DIAGNOSTIC_KEYS = ("teacher_entropy", "batch_entropy", "kl_teacher_student", "center_norm", "effective_rank",
                    "koleo", "collapse_warning")
-FP16_KEYS = ("fp16_skipped_steps", "loss_scale", "fp16_warning")
 
 log = logging.getLogger("dinokit.train")
 
@@ -100,8 +99,8 @@ class Trainer:
                              cfg.warmup_teacher_temp_epochs, max(cfg.epochs, 1),
                              center_momentum=cfg.center_momentum, centering=cfg.centering).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.student)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.overflow = OverflowMonitor(self.scaler) if self.scaler is not None else None
+        # fp16 only: the grad scaler, inside the monitor that counts the steps it skips
+        self.overflow = OverflowMonitor(torch.amp.GradScaler("cuda")) if self.precision == "fp16" else None
         self.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
         self.sched = Schedules(cfg, len(self.data), self.dist.world_size, self.budget_s)
         self.start_epoch, self.start_iter, self.elapsed_before = 0, 0, 0.0
@@ -110,6 +109,10 @@ class Trainer:
         self._stop_signal: int | None = None
         self._unsaved: CheckpointWriteError | None = None  # the last checkpoint write failed
         self._knn: OnlineKNN | None = None
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.overflow.scaler if self.overflow else None
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int, iter_in_epoch: int, elapsed: float) -> dict:
@@ -358,7 +361,7 @@ class Trainer:
         record = {"epoch": epoch, "train_loss": stats.get("train_loss"), "train_lr": stats.get("lr"),
                   "train_wd": stats.get("wd"), "teacher_temp": stats.get("teacher_temp"),
                   "momentum": stats.get("momentum"), "img_per_s": stats.get("img_per_s"), "elapsed_s": elapsed}
-        record.update({k: stats[k] for k in (*DIAGNOSTIC_KEYS, *FP16_KEYS) if k in stats})
+        record.update({k: stats[k] for k in (*DIAGNOSTIC_KEYS, *OverflowMonitor.KEYS) if k in stats})
         record.update(self._online_knn(epoch, final))
         self.epoch_log.write(record)
         if not self.main:
