@@ -34,6 +34,8 @@ PRESETS = {
     "vits16": {"preset": "vits16", "batch_size_per_gpu": 32, "local_crops_number": 10, "canvas_size": 256},
     # the demo preset as `make demo` trains it
     "demo": {"preset": "demo"},
+    # the hour-long k-NN benchmark's recipe (benchmarks/knn_budget.py --preset cifar_resnet)
+    "cifar_resnet": {"preset": "cifar_resnet"},
 }
 
 
