@@ -90,10 +90,10 @@ def _truncated_checkpoint() -> bytes:
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"", "not a PyTorch checkpoint"),
-    (b"hello, not a checkpoint", r"not a PyTorch checkpoint .* starts with b'hell'"),
-    (b"\x80\x02garbage bytes", "not a readable PyTorch checkpoint: Unsupported operand"),
-    (_truncated_checkpoint(), "not a readable PyTorch checkpoint .*zip archive"),
+    (b"", "not a file saved by torch.save"),
+    (b"hello, not a checkpoint", r"not a file saved by torch.save .* starts with b'hell'"),
+    (b"\x80\x02garbage bytes", "not a readable torch.save file: Unsupported operand"),
+    (_truncated_checkpoint(), "not a readable torch.save file .*zip archive"),
 ])
 def test_wrong_file_gets_clear_error(tmp_path, content, match):
     (tmp_path / "x.pth").write_bytes(content)

@@ -456,6 +456,25 @@ def test_malicious_checkpoint_is_never_unpickled(plain, tmp_path, capsys):
     assert not _Evil.marker.exists()
 
 
+def test_damaged_or_unsafe_evaluation_files_get_one_line(tmp_path, capsys):
+    _Evil.marker = tmp_path / "pwned"
+    good = tmp_path / "good.pt"
+    torch.save({"features": torch.randn(4, 3), "labels": torch.tensor([0, 1, 0, 1])}, good)
+    (tmp_path / "text.pt").write_bytes(b"features,labels\n1,2\n")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    torch.save({"features": _Evil()}, tmp_path / "evil.pt")
+    expected = {"text.pt": "is not a file saved by torch.save", "cut.pt": "is not a readable torch.save file",
+                "evil.pt": "refused to load"}
+    for name, message in expected.items():
+        for cmd in (["knn", "--load_features", str(tmp_path / name), str(good)],
+                    ["linear", "--load_features", str(tmp_path / name), str(good), "--epochs", "1",
+                     "--output_dir", str(tmp_path / "lin")]):
+            assert main(cmd) == 2, (name, cmd[0])
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err and name in err, err
+    assert not _Evil.marker.exists()
+
+
 # ---------------------------------------------------------------------------------- 7. bad flags
 @pytest.mark.parametrize("extra,yaml_text,match", [
     (["--batch_size_per_gpu", "500"], None, "larger than the 60 images"),

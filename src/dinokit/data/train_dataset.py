@@ -29,6 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DinokitError
+from ..safe_load import load_tensors
 from .folder import ImageDecodeError, ImageList, load_rgb
 
 __all__ = ["TrainBatch", "TrainImageDataset", "CachedImages", "collate_skip_bad", "to_canvas",
@@ -216,9 +218,9 @@ class CachedImages:
         if not Path(path).is_file():
             return False
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable or truncated: decode again and overwrite it
-            log.warning("ignoring unreadable image cache %s: %s", path, e)
+            d = load_tensors(path)
+        except DinokitError as e:  # unreadable or truncated: decode again and overwrite it
+            log.warning("ignoring unreadable image cache: %s", e)
             return False
         if not isinstance(d, dict) or d.get("version") != CACHE_VERSION or d.get("key") != self.key:
             log.info("image cache %s is for other files or another canvas size; decoding again", path)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
 from ..errors import DataError
+from ..safe_load import load_tensors
 from ..runtime import autocast, resolve_precision
 
 __all__ = ["Embedding", "Features", "extract_features", "load_features", "load_official_dump",
@@ -106,8 +107,10 @@ def load_features(path: str | os.PathLike) -> Features:
             d = {"features": torch.from_numpy(d["features"]), "labels": torch.from_numpy(d["labels"]),
                  "paths": d.get("paths", np.array([])).tolist(), "classes": d.get("classes", np.array([])).tolist()}
         else:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # numpy / torch raise many types for a damaged file
+            d = load_tensors(path, DataError)
+    except DataError:
+        raise
+    except Exception as e:  # numpy raises many types for a damaged file
         raise DataError(f"cannot read feature file {path}: {type(e).__name__}: {e}") from None
     if isinstance(d, torch.Tensor):  # a bare matrix, like the release's trainfeat.pth
         d = {"features": d}
@@ -136,10 +139,7 @@ def load_official_dump(directory: str | os.PathLike) -> tuple[Features, Features
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
-    try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated, or not a tensor file
-        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    t = load_tensors(path, DataError)
     if not isinstance(t, torch.Tensor):
         raise DataError(f"{path} holds a {type(t).__name__}, not a tensor")
     return t

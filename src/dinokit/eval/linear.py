@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data import ImageList
 from ..errors import ConfigError, DataError
+from ..safe_load import load_tensors
 from .features import EmbedFn, Embedding, Features, collate_images, embed_batch, ImageFileDataset, model_device
 from ..runtime import autocast, resolve_precision
 from .transforms import RandomResizedCropFlip
@@ -214,10 +215,7 @@ def save_classifier(path: str | os.PathLike, result: LinearResult, **meta) -> Pa
 
 def load_classifier(path: str | os.PathLike) -> LinearClassifier:
     """A classifier from ``save_classifier`` or the release's ``*_linearweights.pth`` files."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing file, truncated, or pickled code
-        raise DataError(f"cannot read linear classifier {path}: {type(e).__name__}: {e}") from None
+    ckpt = load_tensors(path, DataError)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
     sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if "linear.weight" not in sd or "linear.bias" not in sd:

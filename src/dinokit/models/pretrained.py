@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import DinokitError
+from ..safe_load import load_tensors
 from .resnet import resnet18, resnet18_cifar, resnet34, resnet50
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
@@ -64,42 +64,11 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises several types for a bad header
             raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):  # zip archive or legacy pickle
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip format of torch.save "
-                              f"nor a pickle; it starts with {magic!r})")
-    try:
-        # Official full checkpoints keep their argparse.Namespace of flags: allow that type only.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        detail = _unpickler_detail(e)
-        if "GLOBAL" not in detail:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {detail}") from None
-        raise CheckpointError(
-            f"refused to load {path}: it contains Python objects other than tensors and plain "
-            f"containers, which could run code when unpickled. Only load files you trust; if you do, "
-            f"re-save its state_dict with torch.save(model.state_dict(), ...). Details: {detail}") from None
-    except Exception as e:  # garbage bytes surface as almost any exception type
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
-                              f"format?): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    # Official full checkpoints keep their argparse.Namespace of flags: allow that type only.
+    obj = load_tensors(path, CheckpointError, allowed_globals=[argparse.Namespace])
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
-
-
-def _unpickler_detail(error: Exception) -> str:
-    """The line of torch's weights-only error that names the cause: the refused ``GLOBAL`` (a
-    Python object) or the unpickler's complaint (damaged bytes). Its wording varies by version."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "GLOBAL" in line:
-            return line.split("WeightsUnpickler error:")[-1].split(" was not an allowed global")[0].strip()
-    for i, line in enumerate(lines):
-        if "WeightsUnpickler error:" in line:  # the cause follows on this line or the next
-            return line.split("WeightsUnpickler error:", 1)[1].strip() or "".join(lines[i + 1:i + 2])
-    return lines[0] if lines else type(error).__name__
 
 
 def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str, torch.Tensor]:
