@@ -81,6 +81,18 @@ def test_unknown_and_mistyped_yaml_keys(tmp_path):
         load_config(preset="imagenet22k")
 
 
+@pytest.mark.parametrize("text,match", [
+    ("lr: [1, 2\n", r"not valid YAML: line 2, column 1: expected ',' or '\]'"),
+    ("lr: 0.1\n\tepochs: 2\n", r"not valid YAML: line 2, column 1: found character '\\t'"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+])
+def test_broken_yaml_is_one_line_with_its_position(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(config_file=str(tmp_path / "c.yaml"))
+    assert "\n" not in str(info.value)
+
+
 def test_durations():
     assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
     assert parse_duration("2") == 120

@@ -89,6 +89,19 @@ def test_full_report(tmp_path, data_dir):
     assert "skipped 1 unreadable line" in text
 
 
+def test_attention_skips_images_that_do_not_decode(tmp_path, data_dir, caplog):
+    run = make_run_dir(tmp_path / "run", data_dir)
+    (run / "report_images").mkdir()
+    (run / "report_images" / "a_broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (40, 40), (30, 200, 30)).save(run / "report_images" / "b_green.png")
+    text = write_report(run, attention_images=3).read_text()
+    assert "attention.png" in {p.name for p in referenced_pngs(run / "report.html")}
+    caption = text[text.index("<h2>Attention maps</h2>"):]
+    assert "b_green.png" in caption and "a_broken.jpg" not in caption
+    assert caption.split("Images: ")[1].split(".</p>")[0].count(", ") == 2  # still 3 images
+    assert "a_broken.jpg" in caplog.text and "cannot be decoded" in caplog.text
+
+
 def test_report_with_missing_pieces_is_notes_not_a_crash(tmp_path):
     run = make_run_dir(tmp_path / "run", None, epochs=2, checkpoint=False, knn=False, diagnostics=False)
     (run / "metrics.jsonl").unlink()

@@ -242,6 +242,14 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | None
     return TrainConfig(**typed).validate()
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error on one line (PyYAML's own text spans several)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -249,7 +257,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path!r} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of flag: value")
     return data

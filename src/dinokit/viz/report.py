@@ -238,6 +238,23 @@ def _report_images(run: RunLogs, n: int) -> list[Path]:
     return found
 
 
+def _decodable_images(paths: list[Path], n: int) -> tuple[list[Path], list]:
+    """The first ``n`` of ``paths`` that decode, with their images; the others are logged and skipped."""
+    from ..data import ImageDecodeError, load_rgb
+
+    kept, images = [], []
+    for p in paths:
+        try:
+            images.append(load_rgb(p))
+        except ImageDecodeError as e:
+            log.warning("report: skipping an image that cannot be decoded: %s", e)
+            continue
+        kept.append(p)
+        if len(kept) == n:
+            break
+    return kept, images
+
+
 def _round_robin(paths: list[Path], labels: list[int]) -> list[Path]:
     """First image of each class, then the second of each, ...: a fixed, varied choice."""
     rank, seen = [], {}
@@ -248,7 +265,6 @@ def _round_robin(paths: list[Path], labels: list[int]) -> list[Path]:
 
 
 def _section_attention(run: RunLogs, report_dir: Path, n: int) -> str:
-    from ..data import load_rgb
     from ..models import load_pretrained
     from .attention import compute_attention
 
@@ -256,14 +272,14 @@ def _section_attention(run: RunLogs, report_dir: Path, n: int) -> str:
     ckpt = run.root / "checkpoint.pth"
     if not ckpt.is_file():
         return title + _note("no checkpoint.pth yet: attention maps omitted")
-    paths = _report_images(run, n)
-    if not paths:
-        return title + _note("no images found (report_images/ or config data_path): attention maps omitted")
     model = load_pretrained(ckpt, checkpoint_key="teacher")
     if not hasattr(model, "get_last_selfattention"):
         return title + _note(f"{type(model).__name__} backbone has no self-attention: attention maps omitted")
+    paths, images = _decodable_images(_report_images(run, 4 * n), n)
+    if not paths:
+        return title + _note("no readable images (report_images/ or config data_path): attention maps omitted")
     size = int(run.config.get("global_crops_size") or 224)
-    maps = [compute_attention(model, load_rgb(p), size, threshold=0.6) for p in paths]
+    maps = [compute_attention(model, image, size, threshold=0.6) for image in images]
     png = _attention_grid(maps, [p.name for p in paths], report_dir / "attention.png")
     epoch = run.epochs[-1].get("epoch") if run.epochs else None
     after = f" (after epoch {epoch})" if epoch is not None else ""
