@@ -97,3 +97,21 @@ def test_user_errors_are_one_line(weights, tmp_path, capsys):
     assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
                  "--output", str(tmp_path / "x.png")]) == 2
     assert ".gif or .mp4" in capsys.readouterr().err
+
+
+def test_images_that_do_not_decode(weights, cats, tmp_path, capsys, caplog):
+    folder = tmp_path / "mixed"
+    shutil.copytree(cats, folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    base = ["attention", "--pretrained_weights", str(weights), "--image_size", "48"]
+    assert main(base + ["--image_path", str(folder), "--output_dir", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.count("PNGs") == 3  # the three cats; the broken file is logged
+    assert "broken.jpg" in caplog.text and not (tmp_path / "a" / "broken").exists()
+    assert main(base + ["--image_path", str(folder / "broken.jpg"), "--output_dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken.jpg" in err and "cannot identify image" in err
+    for name in ("x.jpg", "y.jpg"):
+        (tmp_path / "bad" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_bytes(b"\x00" * 10)
+    assert main(base + ["--image_path", str(tmp_path / "bad"), "--output_dir", str(tmp_path / "c")]) == 2
+    assert "none of the 2 images could be decoded" in capsys.readouterr().err

@@ -28,8 +28,8 @@ MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-class ImageDecodeError(Exception):
-    """One file that cannot be turned into an RGB image."""
+class ImageDecodeError(DataError):
+    """One file that cannot be turned into an RGB image (loops over many files log and skip it)."""
 
 
 def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:

@@ -5,6 +5,7 @@ Shapes: ``heads`` attention heads, ``h x w`` patch grid, ``H x W = (h*p) x (w*p)
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data import load_rgb, normalize, pil_to_uint8
-from ..errors import ConfigError
+from ..data import ImageDecodeError, load_rgb, normalize, pil_to_uint8
+from ..errors import ConfigError, DataError
 from .masks import find_gt_mask, load_gt_mask, mask_jaccards, threshold_mask
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AttentionMaps",
@@ -259,8 +262,14 @@ def visualize_images(model: torch.nn.Module, paths: list[Path], output_dir: str 
         threshold = 0.6
     results, used = [], set()
     for path in paths:
+        try:
+            im = load_rgb(path)
+        except ImageDecodeError as e:
+            if len(paths) == 1:
+                raise
+            log.warning("skipping an image that cannot be decoded: %s", e)
+            continue
         out = Path(output_dir) if len(paths) == 1 else Path(output_dir) / _out_name(path, root, used)
-        im = load_rgb(path)
         maps = compute_attention(model, im, image_size, threshold)
         result = ImageResult(path, out, save_attention_images(maps, out, cmap))
         gt_path = find_gt_mask(gt_dir, path.stem) if gt_dir is not None else None
@@ -268,4 +277,6 @@ def visualize_images(model: torch.nn.Module, paths: list[Path], output_dir: str 
             gt = align_mask(load_gt_mask(gt_path), im.size, image_size, model.patch_size)
             result.jaccard = mask_jaccards(maps.masks, maps.mean_mask, gt)
         results.append(result)
+    if not results:
+        raise DataError(f"none of the {len(paths)} images could be decoded")
     return results

@@ -72,7 +72,7 @@ def _video_frames(path: Path) -> Iterator[Image.Image]:
     try:
         reader = iio.get_reader(str(path))
     except Exception as e:  # noqa: BLE001  (imageio raises various types for unreadable files)
-        raise DataError(f"cannot read video {path}: {e}") from None
+        raise DataError(f"cannot read video {path}: {' '.join(str(e).split())}") from None
     with reader:
         for frame in reader:
             yield Image.fromarray(np.asarray(frame)[..., :3]).convert("RGB")
