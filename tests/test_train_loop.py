@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from dinokit.models import load_pretrained
+from dinokit.models import CheckpointError, load_pretrained
 from dinokit.train import load_config
 from dinokit.train.networks import build_student_teacher
 from dinokit.train.fp16 import OverflowMonitor
@@ -74,6 +74,29 @@ def test_interrupted_run_resumes_to_the_same_weights(cifar_small, tmp_path):
     for key in ("backbone.blocks.11.mlp.fc2.weight", "backbone.cls_token", "head.last_layer.weight_v"):
         torch.testing.assert_close(resumed["teacher"][key], reference["teacher"][key], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(resumed["student"][key], reference["student"][key], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_other_shapes_is_a_clear_error_that_keeps_the_checkpoint(cifar_small, tmp_path):
+    train_dir, _ = cifar_small
+    train(tiny_config(train_dir, tmp_path, saveckp_freq=0, max_steps=3))
+    saved = (tmp_path / "checkpoint.pth").read_bytes()
+    for change, named in (({"out_dim": 512}, "--out_dim 256 -> 512"),
+                          ({"optimizer": "sgd"}, "--optimizer adamw -> sgd"),
+                          ({"arch": "vit_small"}, "--arch vit_tiny -> vit_small")):
+        with pytest.raises(CheckpointError, match=f"cannot resume .*{named}.*new --output_dir") as err:
+            train(tiny_config(train_dir, tmp_path, saveckp_freq=0, **change))
+        assert "\n" not in str(err.value)
+    assert (tmp_path / "checkpoint.pth").read_bytes() == saved  # nothing lost
+    # A checkpoint without its flags (written by other code): torch's own reason, on one line.
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    del ckpt["args"]
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="cannot resume .*size mismatch for head") as err:
+        train(tiny_config(train_dir, tmp_path, saveckp_freq=0, out_dim=512))
+    assert "\n" not in str(err.value)
+    torch.save({**ckpt, "args": TINY}, tmp_path / "checkpoint.pth")
+    train(tiny_config(train_dir, tmp_path, saveckp_freq=0, max_steps=5))  # the same flags resume
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["iter_in_epoch"] > 3
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar_small, tmp_path, monkeypatch):

@@ -106,3 +106,15 @@ def load_for_resume(output_dir: str | os.PathLike) -> dict | None:
         if key not in ckpt:
             raise CheckpointError(f"cannot resume from {path}: no {key!r} entry (is it a backbone-only file?)")
     return ckpt
+
+
+# Flags that decide the shapes of the networks and of the optimizer state: a checkpoint only fits
+# a run with the same values.
+SHAPE_FLAGS = ("arch", "patch_size", "out_dim", "use_bn_in_head", "norm_last_layer", "optimizer")
+
+
+def flag_changes(saved: dict | None, current: dict) -> list[str]:
+    """``--out_dim 1024 -> 2048`` for each shape-deciding flag that differs from the saved run's."""
+    if not isinstance(saved, dict):
+        return []
+    return [f"--{k} {saved[k]} -> {current.get(k)}" for k in SHAPE_FLAGS if k in saved and saved[k] != current.get(k)]

@@ -22,9 +22,10 @@ import yaml
 from torch import nn
 
 from ..errors import DataError, DinokitError
+from ..models.pretrained import CheckpointError
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
-from .checkpoint import CheckpointWriteError, load_for_resume, remove_stale_temporaries, save_atomic
+from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
 from .config import TrainConfig, parse_duration
 from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
@@ -127,6 +128,23 @@ class Trainer:
         ckpt = load_for_resume(self.out)
         if ckpt is None:
             return
+        where = f"cannot resume from {self.out / 'checkpoint.pth'}"
+        advice = "Resume with that run's flags (its config.yaml), or give a new --output_dir to start afresh"
+        changes = flag_changes(ckpt.get("args"), self.cfg.to_dict())
+        if changes:  # checked first: an optimizer of another kind can load and fail only at its step
+            raise CheckpointError(f"{where}: its run used other flags: {', '.join(changes)}. {advice}")
+        try:
+            self._load_state(ckpt)
+        except (ValueError, RuntimeError, KeyError) as e:  # what torch raises for state that does not fit
+            detail = " ".join(str(e).split("\n", 2)[:2]).strip()  # torch's heading and its first cause
+            raise CheckpointError(f"{where}: {detail}. {advice}") from None
+        self.start_epoch = int(ckpt["epoch"])
+        self.start_iter = int(ckpt.get("iter_in_epoch", 0))
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        log.info("resumed from %s at epoch %d, iteration %d", self.out / "checkpoint.pth",
+                 self.start_epoch, self.start_iter)
+
+    def _load_state(self, ckpt: dict) -> None:
         self.student.load_state_dict(_strip(ckpt["student"]))
         self.teacher.load_state_dict(_strip(ckpt["teacher"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -134,11 +152,6 @@ class Trainer:
             self.loss.load_state_dict(ckpt["dino_loss"])
         if self.scaler is not None and "fp16_scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["fp16_scaler"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.start_iter = int(ckpt.get("iter_in_epoch", 0))
-        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-        log.info("resumed from %s at epoch %d, iteration %d", self.out / "checkpoint.pth",
-                 self.start_epoch, self.start_iter)
 
     def save(self, epoch: int, iter_in_epoch: int, elapsed: float, numbered: bool = False) -> None:
         """Write ``checkpoint.pth`` (and ``checkpointNNNN.pth``). A failed write is logged and
