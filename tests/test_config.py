@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from dinokit.cli.main import build_parser
 from dinokit.cli.train import config_from_args
@@ -64,6 +65,13 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"global_crops_size_start": 20, "patch_size": 8, "global_crops_size": 32}, "start 20 is not a multiple"),
     ({"epochs": 2, "warmup_epochs": 10}, "--warmup_epochs 10 exceeds --epochs 2"),
     ({"epochs": 5, "warmup_teacher_temp_epochs": 30}, "--warmup_teacher_temp_epochs 30 exceeds"),
+    ({"lr": -0.001}, "--lr cannot be negative"),
+    ({"num_workers": -1}, "--num_workers cannot be negative"),
+    ({"clip_grad": -3}, "--clip_grad cannot be negative"),
+    ({"teacher_temp": 0}, "--teacher_temp must be a positive temperature"),
+    ({"drop_path_rate": 1.0}, r"--drop_path_rate must be in \[0, 1\)"),
+    ({"log_every": 0}, "--log_every must be positive"),
+    ({"center_momentum": 1.5}, "--center_momentum"),
 ])
 def test_inconsistent_values(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -107,6 +115,14 @@ def test_cli_reports_bad_flag_in_one_line(tmp_path):
     assert "not a multiple of --patch_size 7" in r.stderr
     r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--epochs", "many"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid int value" in r.stderr
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "x.png")
+    for out, message in (("a_file", "is a file, not a folder"), ("a_file/run", "cannot create --output_dir")):
+        r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--preset", "demo", "--data_path",
+                            str(tmp_path / "images"), "--output_dir", str(tmp_path / out)], capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
 def test_config_round_trip():

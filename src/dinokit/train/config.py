@@ -114,6 +114,21 @@ class TrainConfig:
         for name in ("batch_size_per_gpu", "out_dim", "patch_size", "global_crops_size", "local_crops_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("head_hidden_dim", "head_bottleneck_dim", "head_nlayers", "log_every", "knn_k", "dist_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "num_workers",
+                     "freeze_last_layer", "warmup_epochs", "warmup_teacher_temp_epochs", "saveckp_freq",
+                     "knn_every", "max_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name} cannot be negative, got {getattr(self, name)}")
+        for name in ("teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name} must be a positive temperature, got {getattr(self, name)}")
+        if not 0 <= self.drop_path_rate < 1:
+            problems.append(f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not 0 <= self.center_momentum <= 1:
+            problems.append(f"--center_momentum must be in [0, 1], got {self.center_momentum}")
         if self.epochs <= 0 and not self.time_budget:
             problems.append("--epochs must be positive (or give --time_budget)")
         if self.local_crops_number < 0:
