@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dinokit.cli.main import build_parser, main
-from dinokit.eval.features import load_features
+from dinokit.eval.features import Features, load_features
 from dinokit.eval.knn import knn_evaluate
 from dinokit.models import vit_tiny
 
@@ -153,3 +153,13 @@ def test_a_failing_command_leaves_no_files(capsys, tmp_path, monkeypatch):
     assert main(["linear", "--augment", "--load_features", "a.pt", "b.pt"]) == 2
     capsys.readouterr()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_feature_files_of_different_widths(capsys, tmp_path):
+    Features(torch.randn(10, 8), torch.arange(10) % 2).save(tmp_path / "train.pt")
+    Features(torch.randn(4, 16), torch.arange(4) % 2).save(tmp_path / "val.pt")
+    for argv in (["knn", "--load_features", str(tmp_path)],
+                 ["linear", "--load_features", str(tmp_path), "--epochs", "1", "--output_dir", str(tmp_path / "lin")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "train features are 8-d but val features 16-d" in err

@@ -64,13 +64,18 @@ def load_feature_pair(paths: list[str]):
     from ..eval.features import load_features, load_official_dump
 
     if len(paths) == 2:
-        return load_features(paths[0]), load_features(paths[1])
-    if len(paths) != 1:
+        train, val = load_features(paths[0]), load_features(paths[1])
+    elif len(paths) == 1:
+        folder = Path(paths[0])
+        if (folder / "trainfeat.pth").is_file():
+            train, val = load_official_dump(folder)
+        else:
+            train, val = load_features(folder / "train.pt"), load_features(folder / "val.pt")
+    else:
         raise ConfigError("--load_features takes a folder or two files (train, val)")
-    folder = Path(paths[0])
-    if (folder / "trainfeat.pth").is_file():
-        return load_official_dump(folder)
-    return load_features(folder / "train.pt"), load_features(folder / "val.pt")
+    if train.dim != val.dim:
+        raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
+    return train, val
 
 
 def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: str = ""):
@@ -109,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
         if args.dump_features:
             train.save(Path(args.dump_features) / "train.pt")
             val.save(Path(args.dump_features) / "val.pt")
-    if train.dim != val.dim:
-        raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
     device = resolve_device(args.device) if args.use_cuda else resolve_device("cpu")
     search_start = time.perf_counter()
     results = knn_evaluate(train.features.to(device), train.labels.to(device), val.features, val.labels,
