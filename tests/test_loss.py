@@ -49,6 +49,26 @@ def test_teacher_temperature_schedule():
     assert np.all(sched[30:] == 0.07)
 
 
+@pytest.mark.parametrize("student_rows, teacher_rows, dim, match", [
+    (30, 16, 64, "needs 4 x B student rows for 2 x B teacher rows, got 30 and 16"),
+    (32, 15, 64, "got 32 and 15"),
+    (32, 8, 64, "got 32 and 8"),  # 4 crops of 8 against 2 of 4: would pair the wrong rows
+    (32, 16, 32, r"out_dim=64\) takes"),
+])
+def test_loss_rejects_outputs_that_do_not_pair_up(student_rows, teacher_rows, dim, match):
+    loss = DINOLoss(64, 4, 0.04, 0.04, 0, 10)
+    with pytest.raises(ValueError, match=match):
+        loss(torch.randn(student_rows, dim), torch.randn(teacher_rows, 64), 0)
+
+
+def test_epoch_past_the_schedule_uses_its_last_temperature():
+    loss = DINOLoss(64, 4, 0.02, 0.07, 5, 10)
+    s, t = torch.randn(32, 64), torch.randn(16, 64)
+    expected = loss.teacher_probs(t, 0.07)
+    torch.testing.assert_close(loss(s, t, 25, return_targets=True)[1], expected)
+    assert not torch.allclose(expected, loss.teacher_probs(t, 0.02), atol=1e-3)  # the temperature matters
+
+
 def test_cosine_scheduler_matches_closed_form():
     s = cosine_scheduler(1.0, 0.1, epochs=5, niter_per_ep=10, warmup_epochs=1, start_warmup_value=0.0)
     assert len(s) == 50

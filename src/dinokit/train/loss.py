@@ -58,11 +58,24 @@ class DINOLoss(nn.Module):
                 teacher_temp: float | None = None,
                 return_targets: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The loss; with ``return_targets`` also the teacher targets ``[2*B, K]`` it used."""
-        temp = float(self.teacher_temp_schedule[epoch]) if teacher_temp is None else teacher_temp
-        q = self.teacher_probs(teacher_output, temp)
+        self._check_shapes(student_output, teacher_output)
+        if teacher_temp is None:  # past the schedule's end: its final temperature
+            teacher_temp = float(self.teacher_temp_schedule[min(epoch, len(self.teacher_temp_schedule) - 1)])
+        q = self.teacher_probs(teacher_output, teacher_temp)
         loss = self.cross_entropy(student_output, q)
         self.update_center(teacher_output)
         return (loss, q) if return_targets else loss
+
+    def _check_shapes(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
+        """Crops x batch rows that agree: a mismatch would otherwise pair the wrong rows silently."""
+        k = self.center.shape[1]
+        if student_output.dim() != 2 or teacher_output.dim() != 2 or {student_output.shape[1],
+                                                                    teacher_output.shape[1]} != {k}:
+            raise ValueError(f"DINOLoss(out_dim={k}) takes [crops*B, {k}] student and [2*B, {k}] teacher "
+                             f"outputs, got {tuple(student_output.shape)} and {tuple(teacher_output.shape)}")
+        if len(teacher_output) % 2 or len(student_output) != self.ncrops * len(teacher_output) // 2:
+            raise ValueError(f"DINOLoss(ncrops={self.ncrops}) needs {self.ncrops} x B student rows for 2 x B "
+                             f"teacher rows, got {len(student_output)} and {len(teacher_output)}")
 
     def cross_entropy(self, student_output: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Mean pairwise cross-entropy for teacher probabilities ``q [2*B, K]``."""
