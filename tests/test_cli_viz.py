@@ -94,6 +94,11 @@ def test_user_errors_are_one_line(weights, tmp_path, capsys):
     assert "--threshold" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2  # a folder, but not a run: nothing written into it
+    assert "is not a training run's --output_dir" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report").exists()
+    assert main(["demo", "--minutes", "0", "--output_dir", str(tmp_path / "demo")]) == 2
+    assert "--minutes must be positive" in capsys.readouterr().err
     assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
                  "--output", str(tmp_path / "x.png")]) == 2
     assert ".gif or .mp4" in capsys.readouterr().err

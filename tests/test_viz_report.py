@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from dinokit.errors import DataError
 from dinokit.models import DINOHead, vit_tiny
 from dinokit.viz.plots import plot_curves
 from dinokit.viz.report import load_run, write_report
@@ -111,10 +112,12 @@ def test_report_with_missing_pieces_is_notes_not_a_crash(tmp_path):
     assert all(p.is_file() for p in referenced_pngs(run / "report.html"))
     assert "loss_epochs.png" in text and "schedules.png" in text  # per-epoch values still plotted
 
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    text = write_report(empty).read_text()
-    assert "no config.yaml" in text and "no log.txt yet" in text and "<img" not in text
+    (run / "log.txt").unlink()
+    text = write_report(run).read_text()  # a run that has written only its config.yaml
+    assert "no log.txt yet" in text and "<img" not in text
+    (run / "config.yaml").unlink()
+    with pytest.raises(DataError, match="not a training run's --output_dir"):
+        write_report(run)
 
 
 def test_report_recomputes_warnings_and_survives_a_bad_checkpoint(tmp_path, data_dir):

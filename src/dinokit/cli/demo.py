@@ -18,6 +18,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ..errors import ConfigError
+
+    if not args.minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {args.minutes}")
     summary = run_demo(args.output_dir, args.data_root, args.minutes, args.seed)
     knn = summary["knn_top1"]
     print(f"\nk-NN top-1 on {args.data_root}/test (k=20, T=0.07): DINO teacher {knn['dino']:.1f}%  "

@@ -368,6 +368,9 @@ def _safe(section: Callable[..., str], *args) -> str:
         return f"<h2>{html.escape(name)}</h2>\n" + _note(f"omitted: {type(e).__name__}: {e}")
 
 
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "checkpoint.pth")  # what a training run writes
+
+
 def write_report(output_dir: str | os.PathLike, attention_images: int = 4) -> Path:
     """Write ``output_dir/report.html`` (plots in ``output_dir/report/``) and return its path.
 
@@ -380,6 +383,9 @@ def write_report(output_dir: str | os.PathLike, attention_images: int = 4) -> Pa
     root = Path(output_dir)
     if not root.is_dir():
         raise DataError(f"run directory {str(root)!r} does not exist")
+    if not any((root / name).is_file() for name in RUN_FILES):
+        raise DataError(f"{str(root)!r} is not a training run's --output_dir: it has none of "
+                        f"{', '.join(RUN_FILES)}")
     report_dir = root / REPORT_DIRNAME
     report_dir.mkdir(exist_ok=True)
     run = load_run(root)
