@@ -85,6 +85,12 @@ def test_unknown_and_mistyped_yaml_keys(tmp_path):
     (tmp_path / "b.yaml").write_text("epochs: ten\n")
     with pytest.raises(ConfigError, match="epochs: 'ten' is not a valid int"):
         load_config(config_file=str(tmp_path / "b.yaml"))
+    (tmp_path / "c.yaml").write_text("global_crops_scale: 0.4\n")
+    with pytest.raises(ConfigError, match=r"global_crops_scale: 0.4 is not a valid pair of numbers \(min, max\)"):
+        load_config(config_file=str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("arch:\n")
+    with pytest.raises(ConfigError, match="arch: None is not a valid str"):
+        load_config(config_file=str(tmp_path / "d.yaml"))
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="imagenet22k")
 

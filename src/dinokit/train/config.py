@@ -224,6 +224,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
                 raise TypeError
             return out
         if typ is str:
+            if value is None:
+                raise TypeError
             return str(value)
         if str(typ).startswith("tuple"):
             if isinstance(value, str):
@@ -234,7 +236,9 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         pass
     else:
         return value
-    raise ConfigError(f"{name}: {value!r} is not a valid {getattr(typ, '__name__', typ)}")
+    kind = "pair of numbers (min, max), e.g. [0.4, 1.0]" if str(typ).startswith("tuple") else \
+        getattr(typ, "__name__", typ)
+    raise ConfigError(f"{name}: {value!r} is not a valid {kind}")
 
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,
