@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from dinokit.cli.main import build_parser, main
 from dinokit.eval.features import Features, load_features
@@ -163,3 +164,31 @@ def test_feature_files_of_different_widths(capsys, tmp_path):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "train features are 8-d but val features 16-d" in err
+
+
+def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    Features(torch.randn(10, 8), torch.arange(10) % 2).save(tmp_path / "train.pt")
+    Features(torch.randn(4, 8), torch.arange(4) % 2).save(tmp_path / "val.pt")
+    blocked = str(tmp_path / "a_file" / "out")
+    weights = str(tmp_path / "vit.pth")
+    torch.save(vit_tiny(patch_size=16).state_dict(), weights)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    cases = [
+        (["extract", "--random_init", "--arch", "vit_tiny", "--data_path", str(tmp_path), "--output", blocked + ".pt"],
+         "the folder of --output"),
+        (["extract", "--random_init", "--arch", "vit_tiny", "--data_path", str(tmp_path), "--output", str(tmp_path)],
+         "is a folder: give a file name"),
+        (["knn", "--random_init", "--data_path", str(tmp_path), "--dump_features", str(tmp_path / "a_file")],
+         "--dump_features"),
+        (["linear", "--load_features", str(tmp_path), "--output_dir", str(tmp_path / "a_file")],
+         "is a file, not a folder"),
+        (["attention", "--pretrained_weights", weights, "--image_path", str(tmp_path), "--output_dir", blocked],
+         "--output_dir"),
+        (["attention-video", "--pretrained_weights", weights, "--input", str(tmp_path), "--output", blocked + ".gif"],
+         "--output"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -124,7 +124,7 @@ def test_cli_reports_bad_flag_in_one_line(tmp_path):
     (tmp_path / "a_file").write_text("")
     (tmp_path / "images").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "images" / "x.png")
-    for out, message in (("a_file", "is a file, not a folder"), ("a_file/run", "cannot create --output_dir")):
+    for out, message in (("a_file", "is a file, not a folder"), ("a_file/run", "cannot write into --output_dir")):
         r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--preset", "demo", "--data_path",
                             str(tmp_path / "images"), "--output_dir", str(tmp_path / out)], capture_output=True,
                            text=True)

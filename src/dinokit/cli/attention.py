@@ -96,6 +96,7 @@ def _images(image_path: str) -> tuple[list[Path], Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..outputs import output_folder
     from ..viz.attention import visualize_images
 
     image_size = image_size_arg(args.image_size)
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if gt_dir is not None and not gt_dir.is_dir():
         raise DataError(f"--gt_masks {args.gt_masks!r} is not a folder")
     paths, root = _images(args.image_path)
+    output_folder(args.output_dir)
     model = load_vit(args)
     results = visualize_images(model, paths, args.output_dir, root, image_size, threshold, gt_dir, args.cmap)
     for r in results:

@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..outputs import output_file
     from ..viz.video import VIDEO_SUFFIXES, attention_video, require_imageio
 
     threshold = check_threshold(args.threshold)
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output!r}: use a .gif or .mp4 file name")
     if suffix in VIDEO_SUFFIXES:
         require_imageio()  # a missing optional dependency fails before the model loads
+    output_file(args.output)
     model = load_vit(args)
     out = attention_video(model, args.input, args.output, args.fps, threshold, image_size, args.max_frames)
     print(f"wrote {out}")

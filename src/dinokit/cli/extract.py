@@ -143,9 +143,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.features import extract_features
+    from ..outputs import output_file
 
     embed = embedding(args)
     start = time.perf_counter()
+    output_file(args.output)
     model = load_backbone(args)
     bar = progress(args)
     feats = extract_features(model, args.data_path, embed,

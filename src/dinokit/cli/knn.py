@@ -102,11 +102,14 @@ def extract_pair(args: argparse.Namespace, embed=None):
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.knn import knn_evaluate
+    from ..outputs import output_folder
     from ..runtime import resolve_device
 
     if min(args.nb_knn) < 1 or args.temperature <= 0:
         raise ConfigError("--nb_knn values and --temperature must be positive")
     start = time.perf_counter()
+    if args.dump_features:
+        output_folder(args.dump_features, "--dump_features")
     if args.load_features:
         train, val = load_feature_pair(args.load_features)
     else:

@@ -56,6 +56,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.linear import LinearConfig, save_classifier
+    from ..outputs import output_folder
 
     embed = embedding(args)
     if args.augment and args.load_features:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate(args, embed, start)
     config = LinearConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
                           val_freq=args.val_freq, seed=args.seed)
-    out_dir = Path(args.output_dir)
+    out_dir = output_folder(args.output_dir)
     result, n_train, n_val = _train(args, embed, config, _EpochLog(out_dir / "log.txt"))
     path = save_classifier(out_dir / "linear.pth", result, n_last_blocks=args.n_last_blocks,
                            avgpool_patchtokens=bool(args.avgpool_patchtokens))

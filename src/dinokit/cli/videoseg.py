@@ -39,11 +39,13 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.videoseg import PropagationConfig, evaluate_davis, list_sequences
+    from ..outputs import output_folder
 
     start = time.perf_counter()
     config = PropagationConfig(args.n_last_frames, args.size_mask_neighborhood, args.topk,
                                frame_size=args.frame_size)
     sequences = list_sequences(args.data_path, args.resolution, args.video_list)
+    output_folder(args.output_dir)
     model = load_backbone(args)
 
     def report(name: str, row: dict) -> None:

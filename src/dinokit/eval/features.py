@@ -85,13 +85,16 @@ class Features:
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``.npz`` (numpy, no pickle) or ``.pt`` (torch, loadable with ``weights_only``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".npz":
-            np.savez(path, features=self.features.numpy(), labels=self.labels.numpy(),
-                     paths=np.array(self.paths, dtype=str), classes=np.array(self.classes, dtype=str))
-        else:
-            torch.save({"features": self.features, "labels": self.labels, "paths": list(self.paths),
-                        "classes": list(self.classes)}, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix == ".npz":
+                np.savez(path, features=self.features.numpy(), labels=self.labels.numpy(),
+                         paths=np.array(self.paths, dtype=str), classes=np.array(self.classes, dtype=str))
+            else:
+                torch.save({"features": self.features, "labels": self.labels, "paths": list(self.paths),
+                            "classes": list(self.classes)}, path)
+        except OSError as e:  # disk full, read-only folder: one line, not a traceback
+            raise DataError(f"could not write features to {path}: {e.strerror or e}") from None
         return path
 
 

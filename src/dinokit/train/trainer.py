@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import DataError, DinokitError
 from ..models.pretrained import CheckpointError
+from ..outputs import output_folder
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
@@ -73,7 +74,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(kind, cfg.dist_timeout_s, cfg.dist_url, cfg.local_rank)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.main = self.dist.rank == 0
-        self.out = _output_folder(cfg.output_dir)
+        self.out = output_folder(cfg.output_dir)
         if self.main:
             remove_stale_temporaries(self.out)
         self.data = TrainBatches(cfg, self.dist, self.device)
@@ -430,18 +431,6 @@ def _signal_name(signum: int) -> str:
 
 def _round(v):
     return round(v, 4) if isinstance(v, float) else v
-
-
-def _output_folder(path: str) -> Path:
-    """``--output_dir``, created if needed, or a ``DataError`` that says why it cannot be."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--output_dir {path!r} is a file, not a folder: give a folder for the run's files")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create --output_dir {path!r}: {e.strerror or e}") from None
-    return out
 
 
 def _strip(sd: dict) -> dict:
