@@ -78,9 +78,13 @@ class TrainBatches:
                             f"usable images, fewer than one batch of {per_step}; the others cannot be decoded "
                             f"(e.g. {_first_bad(self.cached.bad)})")
 
+    @property
+    def usable_images(self) -> int:
+        """Images that decode (all files found until the first epoch tells, without the cache)."""
+        return len(self.cached.labels) if self.cached is not None else self.num_images
+
     def __len__(self) -> int:
-        n = len(self.cached.labels) if self.cached is not None else self.num_images
-        return n // (self.cfg.batch_size_per_gpu * self.dist.world_size)
+        return self.usable_images // (self.cfg.batch_size_per_gpu * self.dist.world_size)
 
     def bad_files(self) -> dict[str, str]:
         """Files found unusable so far (path -> reason), by any process of the run. With the

@@ -194,7 +194,7 @@ class Trainer:
         except OSError as e:
             raise DinokitError(f"cannot write to the output folder {str(self.out)!r}: {e.strerror or e}") from None
         log.info("training %s/%d on %d images (%s, %s), %d iterations per epoch, output in %s",
-                 cfg.arch, cfg.patch_size, self.data.num_images, self.device, self.precision,
+                 cfg.arch, cfg.patch_size, self.data.usable_images, self.device, self.precision,
                  len(self.data), self.out)
 
     def _epochs(self) -> tuple[int, dict, float]:
