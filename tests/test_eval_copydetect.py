@@ -115,3 +115,16 @@ def test_edited_copies_are_found_among_distractors(cifar_root, tmp_path):
     with pytest.raises(ConfigError):
         evaluate_copy_detection(vit, root / "query", root / "database",
                                 opts=CopyDetectOptions(imsize=96, match_prefix=3, gt_csv="x.csv"))
+
+
+def test_no_matching_names_fail_before_any_extraction(cifar_root, tmp_path, monkeypatch):
+    root = make_copydays_like(cifar_root, tmp_path / "copies")
+    for p in find_images(root / "query")[0]:
+        p.rename(p.with_name("renamed_" + p.name))
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before the ground truth was checked")
+    monkeypatch.setattr("dinokit.eval.copydetect.extract_features", no_extraction)
+    with pytest.raises(DataError, match="no query has a matching database image"):
+        evaluate_copy_detection(vit_tiny(patch_size=16), root / "query", root / "database",
+                                opts=CopyDetectOptions(imsize=32))

@@ -194,16 +194,23 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
                                progress=opts.progress(desc) if opts.progress else None)
         return out.features, out.paths
 
+    def pairs(q_paths, db_paths):
+        if opts.gt_csv:
+            found = read_pairs_csv(opts.gt_csv, q_paths, db_paths, query_dir, database_dir)
+        else:
+            found = match_by_name(q_paths, db_paths, opts.match_prefix)
+        if not any(len(p) for p in found):
+            raise DataError("no query has a matching database image: check the file names or the CSV")
+        return found
+
+    pairs(find_images(query_dir)[0], find_images(database_dir)[0])  # before hours of extraction
     q_feats, q_paths = feats(query_dir, "queries")
     db_feats, db_paths = feats(database_dir, "database")
     n_originals = len(db_paths)
+    positives = pairs(q_paths, db_paths)  # again: images that fail to decode drop out
     if distractors_dir:
         d_feats, d_paths = feats(distractors_dir, "distractors")
         db_feats, db_paths = torch.cat((db_feats, d_feats)), db_paths + d_paths
-    if opts.gt_csv:
-        positives = read_pairs_csv(opts.gt_csv, q_paths, db_paths[:n_originals], query_dir, database_dir)
-    else:
-        positives = match_by_name(q_paths, db_paths[:n_originals], opts.match_prefix)
     whitening = PCAWhitening().fit(feats(whitening_dir, "whitening")[0]) if whitening_dir else None
     result = copy_detection_map(q_feats, db_feats, positives, whitening)
     return {**result, "database": len(db_paths), "distractors": len(db_paths) - n_originals,
