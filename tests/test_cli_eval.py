@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -192,3 +193,25 @@ def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+def test_val_with_fewer_classes_is_matched_by_class_name(capsys, weights, cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    rc, _, _ = run(capsys, "knn", "--train_path", train_dir, "--val_path", test_dir, "--pretrained_weights",
+                   weights, "--dump_features", tmp_path / "full", "--nb_knn", "20", *COMMON)
+    assert rc == 0
+    train, full = load_features(tmp_path / "full" / "train.pt"), load_features(tmp_path / "full" / "val.pt")
+    partial = tmp_path / "partial"
+    for cls in ("horse", "ship", "truck"):  # labels 0-2 in their own folder, 7-9 among the train classes
+        shutil.copytree(test_dir / cls, partial / cls)
+    rc, info, _ = run(capsys, "knn", "--train_path", train_dir, "--val_path", partial, "--pretrained_weights",
+                      weights, "--nb_knn", "20", *COMMON)
+    keep = full.labels >= 7
+    expected = knn_evaluate(train.features, train.labels, full.features[keep], full.labels[keep], ks=(20,))
+    assert rc == 0 and info["val"] == 30
+    assert info["results"]["20"]["top1"] == pytest.approx(expected[20]["top1"], abs=1e-3)
+    (partial / "unicorn").mkdir()
+    shutil.copy(next((test_dir / "cat").iterdir()), partial / "unicorn" / "u.jpg")
+    rc, _, err = run(capsys, "knn", "--train_path", train_dir, "--val_path", partial, "--pretrained_weights",
+                     weights, *COMMON)
+    assert rc == 2 and "val classes without a train folder: unicorn" in err and err.count("\n") == 1

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
 from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, image_transform,
                       load_backbone, progress)
-
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -61,7 +58,7 @@ def split_folders(args: argparse.Namespace) -> tuple[Path, Path]:
 def load_feature_pair(paths: list[str]):
     """``(train, val)`` Features from a dump folder or two files."""
     from ..errors import ConfigError
-    from ..eval.features import load_features, load_official_dump
+    from ..eval.features import align_classes, load_features, load_official_dump
 
     if len(paths) == 2:
         train, val = load_features(paths[0]), load_features(paths[1])
@@ -75,7 +72,7 @@ def load_feature_pair(paths: list[str]):
         raise ConfigError("--load_features takes a folder or two files (train, val)")
     if train.dim != val.dim:
         raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
-    return train, val
+    return train, align_classes(train.classes, val)
 
 
 def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: str = ""):
@@ -88,15 +85,21 @@ def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: st
                             progress=bar(desc) if bar else None)
 
 
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def extract_pair(args: argparse.Namespace, embed=None):
     """Train and val Features of the image folders the flags name."""
+    from ..eval.features import align_classes, check_classes
+
     train_dir, val_dir = split_folders(args)
+    train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
+    if train_classes and val_classes:
+        check_classes(train_classes, val_classes)  # before the extraction, which can take hours
     model = load_backbone(args)
     train = extract_folder(args, model, train_dir, embed, "train")
-    val = extract_folder(args, model, val_dir, embed, "val")
-    if train.classes != val.classes:
-        log.warning("train and val class folders differ: %d vs %d classes", len(train.classes), len(val.classes))
-    return train, val
+    return train, align_classes(train.classes, extract_folder(args, model, val_dir, embed, "val"))
 
 
 def run(args: argparse.Namespace) -> int:

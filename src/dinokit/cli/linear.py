@@ -97,6 +97,7 @@ def _evaluate(args, embed, start: float) -> int:
 
 def _train(args, embed, config, on_epoch):
     from ..data import ImageList
+    from ..eval.features import align_classes
     from ..eval.linear import train_linear, train_linear_augmented
     from ..runtime import resolve_device
 
@@ -105,9 +106,9 @@ def _train(args, embed, config, on_epoch):
         device = resolve_device(args.device)
         return train_linear(train, val, config, args.num_labels, device, on_epoch), len(train), len(val)
     train_dir, val_dir = split_folders(args)
-    model = load_backbone(args)
-    val = extract_folder(args, model, val_dir, embed, "val")
     train_images = ImageList.from_folder(train_dir)
+    model = load_backbone(args)
+    val = align_classes(train_images.classes, extract_folder(args, model, val_dir, embed, "val"))
     result = train_linear_augmented(model, train_images, val, crop_size(args), config, embed, args.num_labels,
                                     args.num_workers, args.precision, on_epoch)
     return result, len(train_images), len(val)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from ..errors import DataError
 from ..safe_load import load_tensors
 from ..runtime import autocast, resolve_precision
 
-__all__ = ["Embedding", "Features", "extract_features", "load_features", "load_official_dump",
-           "ImageFileDataset", "collate_images", "embed_batch", "model_device"]
+__all__ = ["Embedding", "Features", "align_classes", "check_classes", "extract_features", "load_features",
+           "load_official_dump", "ImageFileDataset", "collate_images", "embed_batch", "model_device"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,31 @@ class Features:
         except OSError as e:  # disk full, read-only folder: one line, not a traceback
             raise DataError(f"could not write features to {path}: {e.strerror or e}") from None
         return path
+
+
+def check_classes(train_classes: Sequence[str], val_classes: Sequence[str]) -> None:
+    """``DataError`` unless every val class (sub-folder name) is also a train class."""
+    if "" in train_classes or "" in val_classes:
+        raise DataError("train and val folders need the same layout: class sub-folders in both, or in neither")
+    missing = [c for c in val_classes if c not in train_classes]
+    if missing:
+        raise DataError(f"val classes without a train folder: {', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''}; a probe can only predict the train classes")
+
+
+def align_classes(train_classes: Sequence[str], val: Features) -> Features:
+    """``val`` with its labels renumbered to the train class indices, matched by class name.
+
+    Labels come from sorted sub-folder names in each folder, so a val folder with fewer classes
+    than train would otherwise give its images the labels of other classes.
+    """
+    train_classes = list(train_classes)
+    if not train_classes or not val.classes or train_classes == val.classes:
+        return val
+    check_classes(train_classes, val.classes)
+    log.info("val has %d of the %d train classes: labels matched by class name", len(val.classes), len(train_classes))
+    index = torch.tensor([train_classes.index(c) for c in val.classes], dtype=torch.long)
+    return dataclasses.replace(val, labels=index[val.labels], classes=train_classes)
 
 
 def load_features(path: str | os.PathLike) -> Features:
