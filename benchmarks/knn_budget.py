@@ -30,7 +30,7 @@ from dinokit.eval.features import extract_features  # noqa: E402
 from dinokit.eval.knn import knn_classify  # noqa: E402
 from dinokit.models import load_pretrained  # noqa: E402
 from dinokit.train import load_config, train  # noqa: E402
-from dinokit.train.online_knn import decode_folder  # noqa: E402
+from dinokit.train.online_knn import decode_pair  # noqa: E402
 
 
 def main() -> None:
@@ -52,8 +52,7 @@ def main() -> None:
     minutes = (time.time() - t0) / 60
     size = args.eval_size or cfg.canvas_size or cfg.global_crops_size
     transform = EvalTransform(resize=size, crop=size)
-    train_x, train_y = decode_folder(str(data / "train"), transform)
-    test_x, test_y = decode_folder(str(data / "test"), transform)
+    train_x, train_y, test_x, test_y = decode_pair(str(data / "train"), str(data / "test"), transform)
     model = load_pretrained(Path(args.output_dir) / "checkpoint.pth")
     dino = knn_classify(extract_features(model, train_x).features, train_y,
                         extract_features(model, test_x).features, test_y, k=20, T=0.07)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
 
+from dinokit.data import EvalTransform
+from dinokit.errors import DataError
 from dinokit.models import CheckpointError, load_pretrained
 from dinokit.train import load_config
 from dinokit.train.networks import build_student_teacher
 from dinokit.train.fp16 import OverflowMonitor
+from dinokit.train.online_knn import decode_pair
 from dinokit.train.trainer import Trainer, TrainingDiverged, train
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "out_dim": 256, "global_crops_size": 32, "local_crops_size": 16,
@@ -190,3 +194,17 @@ def test_cifar_resnet_trains_with_local_crops_and_loads_back(cifar_small, tmp_pa
     assert math.isfinite(read_jsonl(tmp_path / "metrics.jsonl")[-1]["loss"])
     backbone = load_pretrained(tmp_path / "checkpoint.pth")  # depth and stem read off the tensors
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+
+
+def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    for cls in ("ship", "truck"):
+        shutil.copytree(test_dir / cls, tmp_path / "val" / cls)
+    transform = EvalTransform(resize=32, crop=32)
+    train_x, train_y, val_x, val_y = decode_pair(str(train_dir), str(tmp_path / "val"), transform)
+    assert len(train_x) == 300 and len(val_x) == 20
+    assert sorted(set(val_y.tolist())) == [8, 9]  # ship and truck among the 10 train classes
+    (tmp_path / "val" / "unicorn").mkdir()
+    shutil.copy(next((test_dir / "cat").iterdir()), tmp_path / "val" / "unicorn" / "u.jpg")
+    with pytest.raises(DataError, match="val classes without a train folder: unicorn"):
+        decode_pair(str(train_dir), str(tmp_path / "val"), transform)

@@ -15,7 +15,7 @@ from .eval.features import Embedding, extract_features
 from .eval.knn import knn_classify
 from .models import build_backbone, load_pretrained
 from .train import load_config, train
-from .train.online_knn import decode_folder
+from .train.online_knn import decode_pair
 
 __all__ = ["run_demo", "knn_baselines", "knn_table"]
 
@@ -29,8 +29,7 @@ def knn_table(nets: dict[str, torch.nn.Module], train_dir: str, test_dir: str, i
     ``embeddings`` (``{tag: Embedding}``, default the class token) name the results
     ``"net/tag"``; with the default they are named after the networks alone."""
     transform = EvalTransform(resize=image_size, crop=image_size)
-    train_x, train_y = decode_folder(train_dir, transform)
-    test_x, test_y = decode_folder(test_dir, transform)
+    train_x, train_y, test_x, test_y = decode_pair(train_dir, test_dir, transform)
 
     def top1(train_f, test_f):
         return round(knn_classify(train_f, train_y, test_f, test_y, k=k)["top1"], 2)

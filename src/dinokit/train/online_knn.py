@@ -9,17 +9,29 @@ from torch import nn
 
 from ..data import EvalTransform, ImageList, load_rgb
 from ..data.folder import ImageDecodeError
-from ..eval.features import extract_features
+from ..errors import DataError
+from ..eval.features import check_classes, extract_features
 from ..eval.knn import knn_classify
 
-__all__ = ["OnlineKNN", "decode_folder"]
+__all__ = ["OnlineKNN", "decode_pair"]
 
 log = logging.getLogger("dinokit.train")
 
 
-def decode_folder(root: str, transform: EvalTransform) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every readable image of ``root`` preprocessed: ``(images [N, 3, H, W] float, labels [N])``."""
-    images = ImageList.from_folder(root)
+def decode_pair(train_root: str, val_root: str, transform: EvalTransform
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every readable image of two class folders preprocessed, ``(train_x, train_y, val_x, val_y)``
+    (images ``[N, 3, H, W]`` float), val labels matched to the train classes by folder name."""
+    train, val = ImageList.from_folder(train_root), ImageList.from_folder(val_root)
+    if val.classes != train.classes:
+        check_classes(train.classes, val.classes)  # before decoding anything
+    index = torch.tensor([train.classes.index(c) for c in val.classes], dtype=torch.long)
+    train_x, train_y = _decode(train, transform)
+    val_x, val_y = _decode(val, transform)
+    return train_x, train_y, val_x, index[val_y]
+
+
+def _decode(images: ImageList, transform: EvalTransform) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path, label in zip(images.paths, images.labels):
         try:
@@ -27,7 +39,9 @@ def decode_folder(root: str, transform: EvalTransform) -> tuple[torch.Tensor, to
             ys.append(label)
         except ImageDecodeError as e:
             log.warning("k-NN: skipping %s", e)
-    return torch.stack(xs), torch.tensor(ys)
+    if not xs:
+        raise DataError(f"none of the {len(images.paths)} k-NN images could be decoded (e.g. {images.paths[0]})")
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
 class OnlineKNN:
@@ -36,8 +50,7 @@ class OnlineKNN:
     def __init__(self, train_path: str, val_path: str, image_size: int, k: int = 20):
         resize = image_size if image_size <= 64 else round(image_size * 256 / 224)
         transform = EvalTransform(resize=resize, crop=image_size)
-        self.train_x, self.train_y = decode_folder(train_path, transform)
-        self.val_x, self.val_y = decode_folder(val_path, transform)
+        self.train_x, self.train_y, self.val_x, self.val_y = decode_pair(train_path, val_path, transform)
         self.k = k
 
     @torch.no_grad()
