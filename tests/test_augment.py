@@ -120,6 +120,18 @@ def test_empty_batch():
     assert [tuple(o.shape) for o in out] == [(0, 3, 32, 32)] * 2 + [(0, 3, 16, 16)] * 6
 
 
+def test_hw_defaults_to_the_whole_image_and_bad_input_is_named():
+    aug = DINOMultiCrop(local_crops_number=2, global_size=32, local_size=16)
+    x = torch.randint(0, 256, (4, 3, 48, 40), dtype=torch.uint8)
+    implicit = aug(x, generator=torch.Generator().manual_seed(0))
+    explicit = aug(x, torch.tensor([[48, 40]] * 4, dtype=torch.int32), torch.Generator().manual_seed(0))
+    assert [tuple(c.shape) for c in implicit] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(implicit, explicit))
+    for bad in (x.float(), x[0], x[:, :1]):
+        with pytest.raises(ValueError, match=r"uint8 RGB images \[B, 3, H, W\]"):
+            aug(bad)
+
+
 def test_config_round_trip():
     cfg = AugmentConfig(local_crops_number=2, global_size=64, local_size=32)
     aug = DINOMultiCrop.from_config(cfg)

@@ -65,7 +65,10 @@ class AugmentConfig:
 
 
 class DINOMultiCrop:
-    """``aug(images_uint8 [B,3,S,S], hw [B,2], generator)`` -> ``2 + local_crops_number`` crops.
+    """``aug(images_uint8 [B,3,H,W], hw [B,2], generator)`` -> ``2 + local_crops_number`` crops.
+
+    ``hw`` holds each image's valid height and width from the top-left corner (images of several
+    sizes padded into one canvas); without it, every image fills the whole ``H x W``.
 
     Returns ``[B, 3, global_size, global_size]`` twice, then ``[B, 3, local_size, local_size]``
     ``local_crops_number`` times, ImageNet-normalised, dtype ``out_dtype``, on ``images``' device.
@@ -95,8 +98,14 @@ class DINOMultiCrop:
     def __repr__(self) -> str:
         return f"DINOMultiCrop({self.cfg})"
 
-    def __call__(self, images: torch.Tensor, hw: torch.Tensor, generator: torch.Generator | None = None,
-                 out_dtype: torch.dtype | None = None, global_size: int | None = None) -> list[torch.Tensor]:
+    def __call__(self, images: torch.Tensor, hw: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, out_dtype: torch.dtype | None = None,
+                 global_size: int | None = None) -> list[torch.Tensor]:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"DINOMultiCrop takes uint8 RGB images [B, 3, H, W] (values 0-255), got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        if hw is None:
+            hw = torch.tensor([images.shape[2:]], dtype=torch.long).expand(images.shape[0], 2)
         c, B = self.cfg, images.shape[0]
         dtype = out_dtype or self.out_dtype
         global_size = int(global_size or c.global_size)
