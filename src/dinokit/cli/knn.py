@@ -85,16 +85,13 @@ def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: st
                             progress=bar(desc) if bar else None)
 
 
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def extract_pair(args: argparse.Namespace, embed=None):
     """Train and val Features of the image folders the flags name."""
+    from ..data import class_folders
     from ..eval.features import align_classes, check_classes
 
     train_dir, val_dir = split_folders(args)
-    train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
+    train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
     if train_classes and val_classes:
         check_classes(train_classes, val_classes)  # before the extraction, which can take hours
     model = load_backbone(args)

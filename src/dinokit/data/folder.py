@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 
-__all__ = ["IMG_EXTENSIONS", "ImageDecodeError", "load_rgb", "find_images", "ImageList"]
+__all__ = ["IMG_EXTENSIONS", "ImageDecodeError", "load_rgb", "class_folders", "find_images", "ImageList"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def class_folders(root: str | os.PathLike) -> list[str]:
+    """The sorted names of ``root``'s visible sub-folders: its classes when it holds no loose images."""
+    return sorted(d.name for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def find_images(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
     """``(paths, labels, classes)`` of every image file below ``root``, in a stable order.
 
@@ -90,7 +95,7 @@ def find_images(root: str | os.PathLike) -> tuple[list[Path], list[int], list[st
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = class_folders(root)
     loose = _scan(root, recursive=False)
     if subdirs and not loose:
         classes = subdirs

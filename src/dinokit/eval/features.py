@@ -25,8 +25,8 @@ from ..errors import DataError
 from ..safe_load import load_tensors
 from ..runtime import autocast, resolve_precision
 
-__all__ = ["Embedding", "Features", "align_classes", "check_classes", "extract_features", "load_features",
-           "load_official_dump", "ImageFileDataset", "collate_images", "embed_batch", "model_device"]
+__all__ = ["Embedding", "Features", "align_classes", "check_classes", "class_index", "extract_features",
+           "load_features", "load_official_dump", "ImageFileDataset", "collate_images", "embed_batch", "model_device"]
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,18 @@ def align_classes(train_classes: Sequence[str], val: Features) -> Features:
     Labels come from sorted sub-folder names in each folder, so a val folder with fewer classes
     than train would otherwise give its images the labels of other classes.
     """
-    train_classes = list(train_classes)
-    if not train_classes or not val.classes or train_classes == val.classes:
+    if not train_classes or not val.classes or list(train_classes) == list(val.classes):
         return val
-    check_classes(train_classes, val.classes)
     log.info("val has %d of the %d train classes: labels matched by class name", len(val.classes), len(train_classes))
-    index = torch.tensor([train_classes.index(c) for c in val.classes], dtype=torch.long)
-    return dataclasses.replace(val, labels=index[val.labels], classes=train_classes)
+    return dataclasses.replace(val, labels=class_index(train_classes, val.classes)[val.labels],
+                               classes=list(train_classes))
+
+
+def class_index(train_classes: Sequence[str], val_classes: Sequence[str]) -> torch.Tensor:
+    """``[len(val_classes)]``: the train label of each val class, matched by name (checked)."""
+    if list(val_classes) != list(train_classes):
+        check_classes(train_classes, val_classes)
+    return torch.tensor([list(train_classes).index(c) for c in val_classes], dtype=torch.long)
 
 
 def load_features(path: str | os.PathLike) -> Features:

@@ -10,7 +10,7 @@ from torch import nn
 from ..data import EvalTransform, ImageList, load_rgb
 from ..data.folder import ImageDecodeError
 from ..errors import DataError
-from ..eval.features import check_classes, extract_features
+from ..eval.features import class_index, extract_features
 from ..eval.knn import knn_classify
 
 __all__ = ["OnlineKNN", "decode_pair"]
@@ -23,9 +23,7 @@ def decode_pair(train_root: str, val_root: str, transform: EvalTransform
     """Every readable image of two class folders preprocessed, ``(train_x, train_y, val_x, val_y)``
     (images ``[N, 3, H, W]`` float), val labels matched to the train classes by folder name."""
     train, val = ImageList.from_folder(train_root), ImageList.from_folder(val_root)
-    if val.classes != train.classes:
-        check_classes(train.classes, val.classes)  # before decoding anything
-    index = torch.tensor([train.classes.index(c) for c in val.classes], dtype=torch.long)
+    index = class_index(train.classes, val.classes)  # checked before anything is decoded
     train_x, train_y = _decode(train, transform)
     val_x, val_y = _decode(val, transform)
     return train_x, train_y, val_x, index[val_y]
