@@ -134,18 +134,7 @@ def load_features(path: str | os.PathLike) -> Features:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feature file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
-            d = {"features": torch.from_numpy(d["features"]), "labels": torch.from_numpy(d["labels"]),
-                 "paths": d.get("paths", np.array([])).tolist(), "classes": d.get("classes", np.array([])).tolist()}
-        else:
-            d = load_tensors(path, DataError)
-    except DataError:
-        raise
-    except Exception as e:  # numpy raises many types for a damaged file
-        raise DataError(f"cannot read feature file {path}: {type(e).__name__}: {e}") from None
+    d = _load_npz(path) if path.suffix == ".npz" else load_tensors(path, DataError)
     if isinstance(d, torch.Tensor):  # a bare matrix, like the release's trainfeat.pth
         d = {"features": d}
     if not isinstance(d, dict) or "features" not in d:
@@ -156,6 +145,16 @@ def load_features(path: str | os.PathLike) -> Features:
     if feats.ndim != 2 or len(labels) != len(feats):
         raise DataError(f"{path}: features {tuple(feats.shape)} and labels {tuple(labels.shape)} do not match")
     return Features(feats, labels, list(d.get("paths", [])), list(d.get("classes", [])))
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+        return {"features": torch.from_numpy(d["features"]), "labels": torch.from_numpy(d["labels"]),
+                "paths": d.get("paths", np.array([])).tolist(), "classes": d.get("classes", np.array([])).tolist()}
+    except Exception as e:  # numpy raises many types for a damaged file
+        raise DataError(f"cannot read feature file {path}: {type(e).__name__}: {e}") from None
 
 
 def load_official_dump(directory: str | os.PathLike) -> tuple[Features, Features]:

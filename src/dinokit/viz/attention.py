@@ -260,14 +260,13 @@ def visualize_images(model: torch.nn.Module, paths: list[Path], output_dir: str 
     """
     if gt_dir is not None and threshold is None:
         threshold = 0.6
-    results, used = [], set()
+    results, used, failures = [], set(), []
     for path in paths:
         try:
             im = load_rgb(path)
         except ImageDecodeError as e:
-            if len(paths) == 1:
-                raise
             log.warning("skipping an image that cannot be decoded: %s", e)
+            failures.append(e)
             continue
         out = Path(output_dir) if len(paths) == 1 else Path(output_dir) / _out_name(path, root, used)
         maps = compute_attention(model, im, image_size, threshold)
@@ -278,5 +277,5 @@ def visualize_images(model: torch.nn.Module, paths: list[Path], output_dir: str 
             result.jaccard = mask_jaccards(maps.masks, maps.mean_mask, gt)
         results.append(result)
     if not results:
-        raise DataError(f"none of the {len(paths)} images could be decoded")
+        raise DataError(f"none of the {len(paths)} images could be decoded: {failures[0]}")
     return results
