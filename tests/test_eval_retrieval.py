@@ -167,3 +167,28 @@ def test_class_folders_end_to_end(vit, cifar_root, tmp_path):
     gnd = class_gnd([q.classes[i] for i in q.labels], [g.classes[i] for i in g.labels])
     assert res["mAP"] == pytest.approx(100 * compute_map(rank_database(g.features, q.features), gnd)[0])
     assert 100 * (1 / 3) < res["mAP"] <= 100.0
+
+
+def test_query_classes_without_gallery_images(vit, cifar_root, tmp_path, caplog):
+    files = _cifar_images(cifar_root, 2)  # 4 classes, 2 images each
+    classes = sorted({f.parent.name for f in files})
+    for f in files:
+        side = "gallery" if f.parent.name in classes[:2] else "query"
+        (tmp_path / side / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / side / f.parent.name / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(DataError, match="no query class has a gallery folder"):
+        evaluate_folders(vit, tmp_path / "query", tmp_path / "gallery", RetrievalOptions(imsize=32))
+    # One shared class: its queries are scored, the others are named in a warning.
+    shared = tmp_path / "query" / classes[0]
+    shared.mkdir()
+    (shared / files[0].name).write_bytes(files[0].read_bytes())
+    res = evaluate_folders(vit, tmp_path / "query", tmp_path / "gallery", RetrievalOptions(imsize=32))
+    assert res["queries"] == 1 and res["mP@1"] == pytest.approx(100.0)
+    assert classes[2] in caplog.text and "left out" in caplog.text
+
+
+def test_images_smaller_than_a_patch_get_a_clear_error(vit, cifar_root):
+    from dinokit.errors import InputSizeError
+    with pytest.raises(InputSizeError, match="smaller than the 8 px patch"):
+        evaluate_folders(vit, cifar_root / "test", cifar_root / "test", RetrievalOptions(imsize=6))
+

@@ -11,3 +11,7 @@ class ConfigError(DinokitError, ValueError):
 
 class DataError(DinokitError):
     """A data folder that cannot be used (missing, empty, no images)."""
+
+
+class InputSizeError(DinokitError, ValueError):
+    """An image too small for the network (a side shorter than the ViT patch)."""

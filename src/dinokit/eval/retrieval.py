@@ -19,6 +19,7 @@ the paper; images are shrunk so their longer side is at most ``imsize`` (224 by 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import pickle
@@ -40,6 +41,7 @@ __all__ = ["average_precision", "compute_map", "revisited_map", "rank_database",
            "class_gnd", "RetrievalOptions", "evaluate_revisited", "evaluate_folders"]
 
 KAPPAS = (1, 5, 10)
+log = logging.getLogger(__name__)
 
 
 def average_precision(pos_ranks: Sequence[int], n_pos: int) -> float:
@@ -222,12 +224,26 @@ def evaluate_folders(model: nn.Module, query_dir: str | os.PathLike, gallery_dir
     query_list, gallery_list = ImageList.from_folder(query_dir), ImageList.from_folder(gallery_dir)
     if not (query_list.has_labels and gallery_list.has_labels):
         raise DataError("query and gallery folders need class sub-folders (<dir>/<class>/*.jpg)")
+    _check_shared_classes(query_list.classes, gallery_list.classes)
     queries = _features(model, query_list, opts, "queries")
     gallery = _features(model, gallery_list, opts, "gallery")
     gnd = class_gnd([queries.classes[i] for i in queries.labels], [gallery.classes[i] for i in gallery.labels])
     m, aps, mpr, _ = compute_map(rank_database(gallery.features, queries.features), gnd)
+    if math.isnan(m):
+        raise DataError("no query has a decodable gallery image of its class: nothing to score")
     return {"mAP": 100.0 * m, **{f"mP@{k}": 100.0 * p for k, p in zip(KAPPAS, mpr)},
             "queries": int((~np.isnan(aps)).sum())}
+
+
+def _check_shared_classes(query_classes: Sequence[str], gallery_classes: Sequence[str]) -> None:
+    """Fail before extraction if no query class has gallery images; log the classes left out."""
+    missing = sorted(set(query_classes) - set(gallery_classes))
+    if len(missing) == len(set(query_classes)):
+        raise DataError(f"no query class has a gallery folder (query classes {', '.join(missing[:5])}; "
+                        f"gallery classes {', '.join(sorted(gallery_classes)[:5])})")
+    if missing:
+        log.warning("queries of %d classes without a gallery folder are left out: %s",
+                    len(missing), ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
 
 
 def _require_all(feats, what: str) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputSizeError
+
 __all__ = ["VisionTransformer", "vit_tiny", "vit_small", "vit_base", "interpolate_pos_embed"]
 
 
@@ -111,6 +113,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
+        if min(x.shape[-2:]) < self.patch_size:  # conv2d's own message names no image or fix
+            raise InputSizeError(f"image of {x.shape[-1]}x{x.shape[-2]} px is smaller than the "
+                                 f"{self.patch_size} px patch: feed larger images (or a smaller --patch_size)")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
