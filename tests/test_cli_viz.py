@@ -102,6 +102,10 @@ def test_user_errors_are_one_line(weights, tmp_path, capsys):
     assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
                  "--output", str(tmp_path / "x.png")]) == 2
     assert ".gif or .mp4" in capsys.readouterr().err
+    for flag, value in (("--fps", "0"), ("--max_frames", "0")):
+        assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
+                     "--output", str(tmp_path / "x.gif"), flag, value]) == 2
+        assert f"{flag} must be" in capsys.readouterr().err
 
 
 def test_images_that_do_not_decode(weights, cats, tmp_path, capsys, caplog):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dinokit.errors import DataError
 from dinokit.eval.davis_metrics import boundary_f_measure, evaluate_sequence, region_similarity
 from dinokit.eval.videoseg import (PropagationConfig, evaluate_davis, labels_to_mask, list_sequences,
                                    neighbourhood_mask, propagate_labels, read_mask, working_size,
@@ -177,3 +178,35 @@ def test_without_ground_truth_masks_are_written_but_not_scored(cifar_root, tmp_p
     res = evaluate_davis(vit, tmp_path / "davis", tmp_path / "out", PropagationConfig(frame_size=64, n_last_frames=0))
     assert "J_mean" not in res and res["sequences"]["car"] == {"frames": 3}
     assert len(list((tmp_path / "out" / "car").iterdir())) == 3
+
+
+def test_masks_saved_as_rgb_or_binary_grey_read_as_ids(tmp_path):
+    ids = np.array([[0, 1, 1], [2, 0, 1]], dtype=np.uint8)
+    davis = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0]], dtype=np.uint8)  # DAVIS ids 0, 1, 2
+    Image.fromarray(davis[ids]).save(tmp_path / "davis.png")
+    assert np.array_equal(read_mask(tmp_path / "davis.png")[0], ids)
+    own = np.array([[0, 0, 0], [200, 30, 30], [10, 220, 40]], dtype=np.uint8)  # colours DAVIS lacks
+    Image.fromarray(own[ids]).save(tmp_path / "first.png")
+    first, palette = read_mask(tmp_path / "first.png")
+    assert palette[:9] == own[[0, 2, 1]].ravel().tolist()  # black, then the colours in sorted order
+    assert np.array_equal(first, np.array([0, 2, 1])[ids])
+    Image.fromarray(own[ids[::-1]]).save(tmp_path / "later.png")
+    assert np.array_equal(read_mask(tmp_path / "later.png", palette)[0], first[::-1])  # same colour, same id
+    Image.fromarray(np.full((2, 3, 3), 99, np.uint8)).save(tmp_path / "odd.png")
+    with pytest.raises(DataError, match="colours that the first mask lacks"):
+        read_mask(tmp_path / "odd.png", palette)
+    Image.fromarray((ids > 0).astype(np.uint8) * 255).save(tmp_path / "binary.png")
+    assert np.array_equal(read_mask(tmp_path / "binary.png")[0], (ids > 0).astype(np.uint8))
+
+
+def test_davis_folders_that_cannot_be_scored(cifar_root, tmp_path):
+    make_sequence(cifar_root, tmp_path / "davis", frames=3)
+    (tmp_path / "list.txt").write_text("car\nbus\n")
+    with pytest.raises(DataError, match="have no frames folder below .*: bus"):
+        list_sequences(tmp_path / "davis", video_list=str(tmp_path / "list.txt"))
+    first = tmp_path / "davis" / "Annotations" / "480p" / "car" / "00000.png"
+    write_indexed_png(first, np.zeros((96, 128), np.uint8), None)
+    vit = vit_tiny(patch_size=16, img_size=64).eval()
+    with pytest.raises(DataError, match="first mask 00000.png marks no object"):
+        evaluate_davis(vit, tmp_path / "davis", tmp_path / "out", PropagationConfig(frame_size=64))
+

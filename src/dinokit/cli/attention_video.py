@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     threshold = check_threshold(args.threshold)
     image_size = image_size_arg(args.image_size)
+    if args.fps is not None and args.fps <= 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max_frames must be at least 1, got {args.max_frames}")
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".gif",) + VIDEO_SUFFIXES:
         raise ConfigError(f"--output {args.output!r}: use a .gif or .mp4 file name")

@@ -112,15 +112,47 @@ def labels_to_mask(soft: torch.Tensor, grid: tuple[int, int], patch: int, size: 
     return np.asarray(Image.fromarray(ids).resize((size[1], size[0]), Image.NEAREST))
 
 
-def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, list[int] | None]:
-    """``(ids uint8 [H, W], palette)`` of an indexed (palette) PNG; palette None for grey images."""
+def read_mask(path: str | os.PathLike, palette: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+    """``(ids uint8 [H, W], palette)`` of a mask: an indexed (palette) PNG as DAVIS ships, a grey or
+    1-bit image of ids (a grey image of only 0 and 255 is a binary mask: 255 is object 1, not void),
+    or an RGB image. An RGB mask's colours are looked up in ``palette``; without one, in DAVIS's
+    colour map if it holds them all, else black is id 0 and the other colours take ids 1, 2, ...
+    in sorted order and make the returned palette."""
     try:
         with Image.open(path) as im:
-            palette = im.getpalette() if im.mode == "P" else None
-            ids = np.array(im if im.mode in ("P", "L") else im.convert("L"), dtype=np.uint8)
+            if im.mode == "P":
+                return np.array(im, dtype=np.uint8), im.getpalette()
+            if im.mode in ("L", "1"):
+                ids = np.array(im).astype(np.uint8)
+                return (ids // 255 if np.isin(ids, (0, 255)).all() else ids), None
+            rgb = np.array(im.convert("RGB"))
     except OSError as e:
         raise DataError(f"cannot read mask {path}: {e}") from None
-    return ids, palette
+    pixels = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(pixels, return_inverse=True)
+    if palette is None:
+        palette = _default_palette()
+        if not set(colours.tolist()) <= set(_colour_ids(palette)):
+            if len(colours) > 255:  # e.g. a JPEG-compressed or antialiased mask
+                raise DataError(f"mask {path} has {len(colours)} colours: save masks as indexed (palette) PNGs")
+            ordered = [0] + [c for c in colours.tolist() if c != 0]
+            palette = [v for c in ordered for v in (c >> 16, c >> 8 & 255, c & 255)]
+    ids = _colour_ids(palette)
+    unknown = [c for c in colours.tolist() if c not in ids]
+    if unknown:
+        c = unknown[0]
+        raise DataError(f"mask {path} has {len(unknown)} colours that the first mask lacks, e.g. "
+                        f"({c >> 16}, {c >> 8 & 255}, {c & 255}): save masks as indexed (palette) PNGs")
+    return np.array([ids[c] for c in colours.tolist()], dtype=np.uint8)[inverse].reshape(rgb.shape[:2]), palette
+
+
+def _colour_ids(palette: list[int]) -> dict[int, int]:
+    """24-bit colour -> its index in a flat ``[r, g, b, ...]`` palette (a colour listed twice keeps its first)."""
+    ids: dict[int, int] = {}
+    for i in range(min(len(palette), 768) // 3):
+        r, g, b = palette[3 * i:3 * i + 3]
+        ids.setdefault(r << 16 | g << 8 | b, i)
+    return ids
 
 
 def _default_palette() -> list[int]:
@@ -227,6 +259,10 @@ def list_sequences(root: str | os.PathLike, resolution: str = "480p", video_list
         names = sorted(p.name for p in frames_dir.iterdir() if p.is_dir())
     if not names:
         raise DataError(f"no sequences below {frames_dir}")
+    missing = [n for n in names if not (frames_dir / n).is_dir()]
+    if missing:  # checked before any sequence is segmented
+        raise DataError(f"{len(missing)} sequences listed in {listing} have no frames folder below {frames_dir}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return names
 
 
@@ -249,6 +285,9 @@ def evaluate_davis(model: nn.Module, root: str | os.PathLike, output_dir: str | 
             raise DataError(f"sequence {name}: no frames")
         ann_dir = root / "Annotations" / resolution / name
         first_mask, palette = read_mask(ann_dir / f"{frames[0].stem}.png")
+        if not ((first_mask > 0) & (first_mask < 255)).any():  # nothing to propagate, nothing to score
+            raise DataError(f"sequence {name}: the first mask {frames[0].stem}.png marks no object "
+                            f"(ids 1-254; 0 is background, 255 void)")
         out = output_dir / name
         out.mkdir(parents=True, exist_ok=True)
 
@@ -259,7 +298,7 @@ def evaluate_davis(model: nn.Module, root: str | os.PathLike, output_dir: str | 
         gt_paths = [ann_dir / f"{f.stem}.png" for f in frames]
         row: dict = {"frames": len(frames)}
         if all(p.is_file() for p in gt_paths):
-            scores = evaluate_sequence([read_mask(p)[0] for p in gt_paths], preds)
+            scores = evaluate_sequence([read_mask(p, palette)[0] for p in gt_paths], preds)
             row.update({"J": 100 * float(np.mean(scores["J"])), "F": 100 * float(np.mean(scores["F"]))})
             all_j += scores["J"]
             all_f += scores["F"]

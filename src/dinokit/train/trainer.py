@@ -430,7 +430,7 @@ def _signal_name(signum: int) -> str:
 
 
 def _round(v):
-    return round(v, 4) if isinstance(v, float) else v
+    return float(f"{v:.4g}") if isinstance(v, float) else v  # significant digits: lr 1e-5 is not 0.0
 
 
 def _strip(sd: dict) -> dict:
