@@ -139,6 +139,7 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
     (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--arch", "vit_tiny"], "no vit_tiny/16"),
     (["retrieve", "--query", "/tmp", "--random_init"], "give both --query and --gallery"),
     (["copydetect", "--random_init"], "no query folder"),
+    (["copydetect", "--data_path", "/tmp", "--match_prefix", "0", "--random_init"], "--match_prefix must be at least 1"),
     (["videoseg", "--data_path", "/nonexistent", "--random_init"], "no DAVIS frames"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):

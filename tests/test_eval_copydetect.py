@@ -61,6 +61,9 @@ def test_ground_truth_by_name_prefix_and_csv(tmp_path):
     csv.write_text("7000_crop.jpg,missing.png\n")
     with pytest.raises(DataError, match="missing.png"):
         read_pairs_csv(csv, queries, db, tmp_path / "q", tmp_path / "db")
+    csv.write_text("7000_crop.jpg;1234.png\n")  # semicolons: one column per row
+    with pytest.raises(DataError, match="no row has two comma-separated columns"):
+        read_pairs_csv(csv, queries, db, tmp_path / "q", tmp_path / "db")
 
 
 def test_map_of_hand_made_features():

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.imsize < 1 or args.gem_p <= 0:
         raise ConfigError("--imsize and --gem_p must be positive")
+    if args.match_prefix is not None and args.match_prefix < 1:
+        raise ConfigError(f"--match_prefix must be at least 1 (characters of the file stem), got {args.match_prefix}")
     start = time.perf_counter()
     root = Path(args.data_path) if args.data_path else None
     query, database = _folder(args.query, root, "query", True), _folder(args.database, root, "database", True)

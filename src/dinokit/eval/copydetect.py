@@ -131,6 +131,8 @@ def read_pairs_csv(path: str | os.PathLike, query_paths: Sequence[str | Path], d
             rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
     except OSError as e:
         raise DataError(f"cannot read ground-truth CSV {path}: {e}") from None
+    if not any(len(r) >= 2 for r in rows):
+        raise DataError(f"{path}: no row has two comma-separated columns (query,database)")
     unknown = []
     for row in rows:
         if len(row) < 2 or row[0].strip() not in q_keys:
