@@ -98,14 +98,14 @@ def test_user_errors_are_one_line(weights, tmp_path, capsys):
     assert "is not a training run's --output_dir" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "report").exists()
     assert main(["demo", "--minutes", "0", "--output_dir", str(tmp_path / "demo")]) == 2
-    assert "--minutes must be positive" in capsys.readouterr().err
+    assert "argument --minutes: expected a positive number, got '0'" in capsys.readouterr().err
     assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
                  "--output", str(tmp_path / "x.png")]) == 2
     assert ".gif or .mp4" in capsys.readouterr().err
     for flag, value in (("--fps", "0"), ("--max_frames", "0")):
         assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path),
                      "--output", str(tmp_path / "x.gif"), flag, value]) == 2
-        assert f"{flag} must be" in capsys.readouterr().err
+        assert f"argument {flag}: expected" in capsys.readouterr().err
 
 
 def test_images_that_do_not_decode(weights, cats, tmp_path, capsys, caplog):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dinokit.data import EvalTransform, ImageList
 from dinokit.errors import DataError
+from dinokit.errors import ConfigError
 from dinokit.eval.features import Embedding, Features, extract_features, load_features, load_official_dump
 from dinokit.eval.transforms import RandomResizedCropFlip, SquareResize, Thumbnail
 from dinokit.models import resnet50, vit_tiny
@@ -39,6 +40,9 @@ def test_embedding_layouts_follow_the_release(vit):
         torch.testing.assert_close(inter[:, 1::2], avg_last)
         two = Embedding(2, True)(vit, x)
         torch.testing.assert_close(two, torch.cat((blocks[-2][:, 0], cls_last, avg_last), dim=1))
+        torch.testing.assert_close(Embedding(12)(vit, x)[:, -192:], cls_last)  # all 12 blocks
+        with pytest.raises(ConfigError, match="--n_last_blocks 13 exceeds the 12 blocks"):
+            Embedding(13)(vit, x)
 
 
 def test_resnet_gives_its_pooled_feature():

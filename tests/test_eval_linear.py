@@ -91,6 +91,10 @@ def test_bad_recipes_and_data():
     one_class = Features(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(DataError):
         train_linear(one_class, one_class, LinearConfig(epochs=1))
+    three = Features(torch.randn(6, 3), torch.arange(6) % 3)
+    with pytest.raises(DataError, match="the data has 3 classes but --num_labels is 2"):
+        train_linear(three, three, LinearConfig(epochs=1), num_classes=2)
+    assert train_linear(three, three, LinearConfig(epochs=1), num_classes=5).classifier.num_labels == 5
 
 
 def test_augmented_path_and_real_cifar(cifar_small):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .argtypes import positive_float, positive_int
 from .attention import add_model_flags, add_threshold_flag, check_threshold, image_size_arg, load_vit
 
 
@@ -16,11 +17,11 @@ def register(sub) -> None:
     add_model_flags(p)
     p.add_argument("--input", "--input_path", required=True, help="video file, .gif, or folder of frames")
     p.add_argument("--output", "--output_path", required=True, help="out.gif or out.mp4")
-    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the input's, 10 for frames)")
+    p.add_argument("--fps", type=positive_float, default=None, help="frame rate (default: the input's, 10 for frames)")
     add_threshold_flag(p)
-    p.add_argument("--image_size", "--resize", type=int, nargs="+", default=None,
+    p.add_argument("--image_size", "--resize", type=positive_int, nargs="+", default=None,
                    help="resize frames to H W, or one value: shorter side (default: keep)")
-    p.add_argument("--max_frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max_frames", type=positive_int, default=None, help="stop after this many frames")
     p.set_defaults(func=run)
 
 
@@ -31,10 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     threshold = check_threshold(args.threshold)
     image_size = image_size_arg(args.image_size)
-    if args.fps is not None and args.fps <= 0:
-        raise ConfigError(f"--fps must be positive, got {args.fps}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ConfigError(f"--max_frames must be at least 1, got {args.max_frames}")
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".gif",) + VIDEO_SUFFIXES:
         raise ConfigError(f"--output {args.output!r}: use a .gif or .mp4 file name")

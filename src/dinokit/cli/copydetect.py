@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from .argtypes import positive_float, positive_int
 from .extract import add_backbone_args, add_runtime_args, load_backbone, progress
 
 
@@ -29,11 +30,11 @@ def register(sub) -> None:
     g.add_argument("--distractors_path", help="unrelated images added to the database (default DATA_PATH/distractors)")
     g.add_argument("--whitening_path", help="images to learn the whitening from (default DATA_PATH/whitening)")
     g.add_argument("--gt_csv", help="CSV of query,database file pairs (default: match file names)")
-    g.add_argument("--match_prefix", type=int, default=None,
+    g.add_argument("--match_prefix", type=positive_int, default=None,
                    help="match the first N characters of file stems (Copydays strong block: 4)")
     c = p.add_argument_group("features")
-    c.add_argument("--imsize", type=int, default=320, help="images are resized to imsize x imsize")
-    c.add_argument("--gem_p", type=float, default=4.0, help="power of the GeM pooling of patch tokens")
+    c.add_argument("--imsize", type=positive_int, default=320, help="images are resized to imsize x imsize")
+    c.add_argument("--gem_p", type=positive_float, default=4.0, help="power of the GeM pooling of patch tokens")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=16)
     p.set_defaults(func=run)
@@ -54,13 +55,8 @@ def _folder(explicit: str | None, root: Path | None, name: str, required: bool) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..eval.copydetect import CopyDetectOptions, evaluate_copy_detection
 
-    if args.imsize < 1 or args.gem_p <= 0:
-        raise ConfigError("--imsize and --gem_p must be positive")
-    if args.match_prefix is not None and args.match_prefix < 1:
-        raise ConfigError(f"--match_prefix must be at least 1 (characters of the file stem), got {args.match_prefix}")
     start = time.perf_counter()
     root = Path(args.data_path) if args.data_path else None
     query, database = _folder(args.query, root, "query", True), _folder(args.database, root, "database", True)

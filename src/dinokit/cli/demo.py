@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import positive_float
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly on bundled CIFAR-10 images, then evaluate and draw",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="demo_output")
     p.add_argument("--data_root", default="data/cifar10-demo", help="folder with train/ and test/ class folders")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
-    from ..errors import ConfigError
-
-    if not args.minutes > 0:
-        raise ConfigError(f"--minutes must be positive, got {args.minutes}")
     summary = run_demo(args.output_dir, args.data_root, args.minutes, args.seed)
     knn = summary["knn_top1"]
     print(f"\nk-NN top-1 on {args.data_root}/test (k=20, T=0.07): DINO teacher {knn['dino']:.1f}%  "

@@ -11,20 +11,12 @@ import json
 import logging
 import time
 
+from .argtypes import bool_flag, natural_int, positive_int
+
 log = logging.getLogger(__name__)
 
 _RELEASES = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
              ("vit_base", 16): "dino_vitb16", ("vit_base", 8): "dino_vitb8"}
-
-
-def bool_flag(text: str) -> bool:
-    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` as the release's ``--flag True`` style."""
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_bool(p: argparse.ArgumentParser, name: str, help: str, default: bool = False) -> None:
@@ -40,7 +32,8 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default=None, choices=["vit_tiny", "vit_small", "vit_base", "resnet18", "resnet34",
                                                        "resnet50", "resnet18_cifar"],
                    help="architecture (default: read off the weights; vit_small without weights)")
-    g.add_argument("--patch_size", type=int, default=None, help="ViT patch size (default: from the weights, else 16)")
+    g.add_argument("--patch_size", type=positive_int, default=None,
+                   help="ViT patch size (default: from the weights, else 16)")
     g.add_argument("--checkpoint_key", default="teacher", help="entry of a full checkpoint: teacher or student")
     g.add_argument("--random_init", action="store_true", help="evaluate randomly initialised weights (a baseline)")
     g.add_argument("--seed", type=int, default=0, help="random seed (random weights, shuffling)")
@@ -52,26 +45,24 @@ def add_runtime_args(p: argparse.ArgumentParser, batch_size: int | None = 128) -
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="network precision: bf16 autocast or fp32 (auto: bf16 on CPU, fp32 on GPU)")
     if batch_size is not None:
-        g.add_argument("--batch_size_per_gpu", type=int, default=batch_size, help="images per forward pass")
-        g.add_argument("--num_workers", type=int, default=2, help="image decoding processes (0: in the main one)")
+        g.add_argument("--batch_size_per_gpu", type=positive_int, default=batch_size, help="images per forward pass")
+        g.add_argument("--num_workers", type=natural_int, default=2,
+                       help="image decoding processes (0: in the main one)")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
 
 
 def add_image_args(p: argparse.ArgumentParser, resize: int = 256, crop: int = 224) -> None:
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--resize", type=int, default=resize, help="shorter side before cropping (bicubic)")
-    g.add_argument("--crop", type=int, default=crop, help="centre crop size")
-    g.add_argument("--image_size", type=int, default=None,
+    g.add_argument("--resize", type=positive_int, default=resize, help="shorter side before cropping (bicubic)")
+    g.add_argument("--crop", type=positive_int, default=crop, help="centre crop size")
+    g.add_argument("--image_size", type=positive_int, default=None,
                    help="shortcut setting --resize and --crop to the same value (32 for CIFAR)")
 
 
 def image_transform(args: argparse.Namespace):
     from ..data import EvalTransform
-    from ..errors import ConfigError
 
     resize, crop = (args.image_size, args.image_size) if args.image_size else (args.resize, args.crop)
-    if min(resize, crop) < 1:
-        raise ConfigError("--resize, --crop and --image_size must be positive")
     return EvalTransform(resize, crop)
 
 
@@ -88,11 +79,8 @@ def progress(args: argparse.Namespace):
 
 def embedding(args: argparse.Namespace):
     """The ``Embedding`` that ``--n_last_blocks`` and ``--avgpool_patchtokens`` ask for."""
-    from ..errors import ConfigError
     from ..eval.features import Embedding
 
-    if args.n_last_blocks < 1:
-        raise ConfigError("--n_last_blocks must be at least 1")
     return Embedding(args.n_last_blocks, args.avgpool_patchtokens)
 
 
@@ -133,7 +121,8 @@ def register(sub) -> None:
                                    "feature row per image with its label and path.")
     p.add_argument("--data_path", required=True, help="image folder (class sub-folders give labels)")
     p.add_argument("--output", required=True, help="output file: .pt (torch) or .npz (numpy)")
-    p.add_argument("--n_last_blocks", type=int, default=1, help="concatenate the class tokens of the last n blocks")
+    p.add_argument("--n_last_blocks", type=positive_int, default=1,
+                   help="concatenate the class tokens of the last n blocks")
     add_bool(p, "--avgpool_patchtokens", "also concatenate the average-pooled patch tokens of the last block")
     add_backbone_args(p)
     add_runtime_args(p)

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from .argtypes import positive_float, positive_int
 from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, image_transform,
                       load_backbone, progress)
 
@@ -29,8 +30,8 @@ def register(sub) -> None:
                    help="a folder of dumped features, or two feature files: TRAIN VAL (.pt / .npz)")
     g.add_argument("--dump_features", metavar="DIR", help="save the extracted features as DIR/train.pt and DIR/val.pt")
     k = p.add_argument_group("k-NN")
-    k.add_argument("--nb_knn", type=int, nargs="+", default=[10, 20, 100, 200], help="values of k")
-    k.add_argument("--temperature", type=float, default=0.07, help="temperature T of the vote weights")
+    k.add_argument("--nb_knn", type=positive_int, nargs="+", default=[10, 20, 100, 200], help="values of k")
+    k.add_argument("--temperature", type=positive_float, default=0.07, help="temperature T of the vote weights")
     add_bool(k, "--use_cuda", "run the neighbour search on --device (false: on the CPU)", default=True)
     add_backbone_args(p)
     add_runtime_args(p)
@@ -100,13 +101,10 @@ def extract_pair(args: argparse.Namespace, embed=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..eval.knn import knn_evaluate
     from ..outputs import output_folder
     from ..runtime import resolve_device
 
-    if min(args.nb_knn) < 1 or args.temperature <= 0:
-        raise ConfigError("--nb_knn values and --temperature must be positive")
     start = time.perf_counter()
     if args.dump_features:
         output_folder(args.dump_features, "--dump_features")

@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+from .argtypes import positive_float, positive_int
 from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, crop_size, embedding,
                       load_backbone)
 from .knn import extract_folder, extract_pair, load_feature_pair, split_folders
@@ -34,14 +35,15 @@ def register(sub) -> None:
     g.add_argument("--load_features", nargs="+", metavar="PATH",
                    help="train on saved features: a folder with train.pt/val.pt or two files TRAIN VAL")
     f = p.add_argument_group("features")
-    f.add_argument("--n_last_blocks", type=int, default=4,
+    f.add_argument("--n_last_blocks", type=positive_int, default=4,
                    help="concatenate the class tokens of the last n blocks (4 for ViT-S, 1 for ViT-B)")
     add_bool(f, "--avgpool_patchtokens", "concatenate the average-pooled patch tokens (ViT-B: true)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--lr", type=float, default=0.001, help="learning rate for a batch of 256 (scaled linearly)")
-    t.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
-    t.add_argument("--num_labels", type=int, default=None, help="number of classes (default: from the data)")
+    t.add_argument("--epochs", type=positive_int, default=100)
+    t.add_argument("--lr", type=positive_float, default=0.001,
+                   help="learning rate for a batch of 256 (scaled linearly)")
+    t.add_argument("--val_freq", type=positive_int, default=1, help="validate every this many epochs")
+    t.add_argument("--num_labels", type=positive_int, default=None, help="number of classes (default: from the data)")
     t.add_argument("--augment", action="store_true",
                    help="official path: random-resized crops + flips through the backbone at every epoch")
     t.add_argument("--output_dir", default=".", help="where linear.pth and log.txt are written")

@@ -32,7 +32,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error or --help: a return code for callers of main(), as for run errors
+        return int(e.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 
+from .argtypes import positive_int
 from .extract import add_backbone_args, add_bool, add_runtime_args, load_backbone, progress
 
 
@@ -24,7 +25,7 @@ def register(sub) -> None:
     g.add_argument("--query", help="query images in class sub-folders (instead of --data_path)")
     g.add_argument("--gallery", help="gallery images in class sub-folders (with --query)")
     r = p.add_argument_group("retrieval")
-    r.add_argument("--imsize", type=int, default=224, help="longer side of the images fed to the network")
+    r.add_argument("--imsize", type=positive_int, default=224, help="longer side of the images fed to the network")
     add_bool(r, "--multiscale", "average features at scales 1, 1/sqrt(2), 1/2")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=1)
@@ -35,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.retrieval import RetrievalOptions, evaluate_folders, evaluate_revisited
 
-    if args.imsize < 1:
-        raise ConfigError("--imsize must be positive")
     if bool(args.query) != bool(args.gallery):
         raise ConfigError("give both --query and --gallery")
     if not args.query and not args.data_path:

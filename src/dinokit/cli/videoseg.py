@@ -12,6 +12,7 @@ import json
 import logging
 import time
 
+from .argtypes import natural_int, positive_int
 from .extract import add_backbone_args, add_runtime_args, load_backbone
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ def register(sub) -> None:
     g.add_argument("--resolution", default="480p", help="DAVIS resolution folder")
     g.add_argument("--video_list", help="file of sequence names (default: ImageSets/2017/val.txt, else all)")
     s = p.add_argument_group("propagation")
-    s.add_argument("--n_last_frames", type=int, default=7, help="number of preceding frames used as sources")
-    s.add_argument("--size_mask_neighborhood", type=int, default=12,
+    s.add_argument("--n_last_frames", type=natural_int, default=7, help="number of preceding frames used as sources")
+    s.add_argument("--size_mask_neighborhood", type=natural_int, default=12,
                    help="sources restricted to this many patches around the target (0: no restriction)")
-    s.add_argument("--topk", type=int, default=5, help="labels accumulated from the top k neighbours")
-    s.add_argument("--frame_size", type=int, default=480, help="shorter side of the frames fed to the network")
+    s.add_argument("--topk", type=positive_int, default=5, help="labels accumulated from the top k neighbours")
+    s.add_argument("--frame_size", type=positive_int, default=480, help="shorter side of the frames fed to the network")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=None)
     p.set_defaults(func=run)

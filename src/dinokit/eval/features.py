@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..safe_load import load_tensors
 from ..runtime import autocast, resolve_precision
 
@@ -53,6 +53,8 @@ class Embedding:
         if simple or not hasattr(model, "get_intermediate_layers"):
             return model(x)
         blocks = model.get_intermediate_layers(x, self.n_last_blocks)
+        if len(blocks) < self.n_last_blocks:  # the release silently took all blocks
+            raise ConfigError(f"--n_last_blocks {self.n_last_blocks} exceeds the {len(blocks)} blocks of the network")
         out = torch.cat([b[:, 0] for b in blocks], dim=-1)
         if self.avgpool_patchtokens:
             avg = blocks[-1][:, 1:].mean(dim=1)

@@ -146,7 +146,10 @@ def _fit(batches: Batches, dim: int, num_classes: int, val: Features, config: Li
 def _check(train_labels: torch.Tensor, val: Features, num_classes: int | None) -> int:
     if len(train_labels) == 0 or len(val) == 0:
         raise DataError("the linear probe needs training and validation images")
-    n = num_classes or int(max(train_labels.max(), val.labels.max())) + 1
+    found = int(max(train_labels.max(), val.labels.max())) + 1
+    if num_classes is not None and num_classes < found:
+        raise DataError(f"the data has {found} classes but --num_labels is {num_classes}: raise it or leave it out")
+    n = num_classes or found
     if n < 2:
         raise DataError("the linear probe needs at least 2 classes (class sub-folders)")
     return n
