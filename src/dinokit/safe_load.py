@@ -46,7 +46,7 @@ def load_tensors(path: str | os.PathLike, error: type[Exception] = DinokitError,
                     f"do, re-save its state_dict with torch.save(model.state_dict(), ...). "
                     f"Details: {detail}") from None
     except Exception as e:  # garbage bytes surface as almost any exception type
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = str(e).splitlines()[0].split(". ")[0].rstrip(".") if str(e) else type(e).__name__  # torch adds advice
         raise error(f"{path} is not a readable torch.save file (truncated or another format?): {first}") from None
 
 
