@@ -188,7 +188,7 @@ def test_query_classes_without_gallery_images(vit, cifar_root, tmp_path, caplog)
 
 
 def test_images_smaller_than_a_patch_get_a_clear_error(vit, cifar_root):
-    from dinokit.errors import InputSizeError
-    with pytest.raises(InputSizeError, match="smaller than the 8 px patch"):
+    from dinokit.errors import InputShapeError
+    with pytest.raises(InputShapeError, match="smaller than the 8 px patch"):
         evaluate_folders(vit, cifar_root / "test", cifar_root / "test", RetrievalOptions(imsize=6))
 

@@ -76,6 +76,8 @@ def test_cosine_scheduler_matches_closed_form():
     i = np.arange(40)
     np.testing.assert_allclose(s[10:], 0.1 + 0.45 * (1 + np.cos(np.pi * i / 40)))
     assert s[10] == pytest.approx(1.0) and s[-1] > 0.1
+    with pytest.raises(ValueError, match="warmup_epochs 6 exceeds epochs 5"):
+        cosine_scheduler(1.0, 0.1, epochs=5, niter_per_ep=10, warmup_epochs=6)
     assert cosine_at(0.0, 1.0, 0.1, 0.2) == 0.0 and cosine_at(0.2, 1.0, 0.1, 0.2) == pytest.approx(1.0)
     assert cosine_at(1.0, 1.0, 0.1, 0.2) == pytest.approx(0.1)
 

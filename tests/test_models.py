@@ -125,6 +125,15 @@ def test_forward_returns_normalised_cls_and_intermediate_layers():
     assert cls.mean(dim=-1).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("shape, match", [((3, 32, 32), r"expected images \[B, 3, H, W\], got shape \(3, 32, 32\)"),
+                                          ((1, 1, 32, 32), "got shape"),
+                                          ((1, 3, 32, 6), "image of 6x32 px is smaller than the 8 px patch")])
+def test_vit_input_that_does_not_fit_is_named(shape, match):
+    from dinokit.errors import InputShapeError
+    with pytest.raises(InputShapeError, match=match):
+        vit_tiny(patch_size=8)(torch.randn(shape))
+
+
 @pytest.mark.parametrize("explicit", [False, True])
 def test_sdpa_path_equals_explicit_attention(explicit, monkeypatch):
     """The fused SDPA kernel (GPU / long sequences) and the matmul path (short CPU sequences)

@@ -13,5 +13,6 @@ class DataError(DinokitError):
     """A data folder that cannot be used (missing, empty, no images)."""
 
 
-class InputSizeError(DinokitError, ValueError):
-    """An image too small for the network (a side shorter than the ViT patch)."""
+class InputShapeError(DinokitError, ValueError):
+    """Input the network cannot take: not a ``[B, C, H, W]`` batch of its C channels, or an image
+    with a side shorter than a ViT patch."""

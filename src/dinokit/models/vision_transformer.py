@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputSizeError
+from ..errors import InputShapeError
 
 __all__ = ["VisionTransformer", "vit_tiny", "vit_small", "vit_base", "interpolate_pos_embed"]
 
@@ -113,8 +113,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.proj.in_channels:
+            raise InputShapeError(f"expected images [B, {self.proj.in_channels}, H, W], got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.patch_size:  # conv2d's own message names no image or fix
-            raise InputSizeError(f"image of {x.shape[-1]}x{x.shape[-2]} px is smaller than the "
+            raise InputShapeError(f"image of {x.shape[-1]}x{x.shape[-2]} px is smaller than the "
                                  f"{self.patch_size} px patch: feed larger images (or a smaller --patch_size)")
         return self.proj(x).flatten(2).transpose(1, 2)
 
@@ -174,9 +176,9 @@ class VisionTransformer(nn.Module):
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``[B, 3, H, W]`` to tokens ``[B, 1 + (H/p)(W/p), D]`` with positions added."""
-        B, _, h, w = x.shape
+        h, w = x.shape[-2:]
         x = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.interpolate_pos_encoding(x, h, w)
         return self.pos_drop(x)
 

@@ -13,6 +13,8 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
                      warmup_epochs: int = 0, start_warmup_value: float = 0) -> np.ndarray:
     """``epochs * niter_per_ep`` values: linear warm-up from ``start_warmup_value`` to
     ``base_value`` over ``warmup_epochs``, then a half cosine down to ``final_value``."""
+    if warmup_epochs > epochs:  # the release only asserts on the schedule's length
+        raise ValueError(f"warmup_epochs {warmup_epochs} exceeds epochs {epochs}")
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
     iters = np.arange(epochs * niter_per_ep - warmup_iters)
