@@ -79,8 +79,11 @@ def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):
         load_pretrained(tmp_path / "bad.pth")
     assert "missing keys: norm.weight" in str(err.value) and "unexpected keys: extra.weight" in str(err.value)
     torch.save(vit_tiny(patch_size=16).state_dict(), tmp_path / "tiny.pth")
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(CheckpointError, match="(?s)shape mismatch.*its tensors look like vit_tiny/16: leave out"):
         load_pretrained(tmp_path / "tiny.pth", arch="vit_small")
+    with pytest.raises(CheckpointError, match="look like vit_tiny/16"):
+        load_pretrained(tmp_path / "tiny.pth", patch_size=8)
+    assert "check --arch" in str(err.value)  # the file's own arch: no hint to give
 
 
 def _truncated_checkpoint() -> bytes:

@@ -162,12 +162,18 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     if arch.startswith("vit"):
         model_kwargs.setdefault("img_size", img_size)
     model = build_backbone(arch, patch_size, **model_kwargs)
-    load_state_dict_strict(model, sd, source=str(path))
+    hint = None
+    if (arch, patch_size) != (inferred_arch, inferred_patch or patch_size):
+        shown = inferred_arch + (f"/{inferred_patch}" if inferred_patch else "")
+        hint = f"its tensors look like {shown}: leave out --arch / --patch_size to build that"
+    load_state_dict_strict(model, sd, source=str(path), hint=hint)
     return model.eval()
 
 
-def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """``model.load_state_dict(sd, strict=True)`` with an error that lists what does not fit."""
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",
+                           hint: str | None = None) -> None:
+    """``model.load_state_dict(sd, strict=True)`` with an error that lists what does not fit (and
+    ends with ``hint`` when the caller knows better than the generic advice)."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -179,6 +185,6 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 parts.append(f"{label}: {shown}")
-        parts.append("check --arch / --patch_size, or the checkpoint_key (teacher / student)")
+        parts.append(hint or "check --arch / --patch_size, or the checkpoint_key (teacher / student)")
         raise CheckpointError("\n  ".join(parts))
     model.load_state_dict(sd, strict=True)
