@@ -432,6 +432,22 @@ def test_a_dead_rank_makes_the_other_exit_with_a_clear_error_then_restart_resume
     assert load_for_resume(tmp_path)["epoch"] == 2
 
 
+def test_a_slurm_task_started_without_srun_says_so_instead_of_hanging(monkeypatch, caplog):
+    from dinokit.train.distributed import PeerFailure, init_distributed
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # records the value to restore: the SLURM path writes these
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # as in an sbatch script that runs python directly
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    t0 = time.monotonic()
+    with caplog.at_level("INFO"), pytest.raises(PeerFailure, match="not all 2 processes joined within 2 s"
+                                                 r" \(SLURM_NTASKS=2: launch with srun"):
+        init_distributed(torch.device("cpu"), timeout_s=2)
+    assert time.monotonic() - t0 < 30
+    assert "process 0/2 waiting for the others at 127.0.0.1" in caplog.text and "srun" in caplog.text
+
+
 # ------------------------------------------------------------------------------- 6. untrusted files
 class _Evil:
     marker: Path

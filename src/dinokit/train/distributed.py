@@ -33,6 +33,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launcher: str = ""  # "torchrun" or "slurm": where rank and world size came from
 
     @property
     def enabled(self) -> bool:
@@ -42,9 +43,9 @@ class DistInfo:
 def _from_env(local_rank: int = 0) -> DistInfo | None:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", local_rank)))
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", local_rank)), "torchrun")
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        info = DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+        info = DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm")
         env.setdefault("MASTER_ADDR", _slurm_master(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
         env.setdefault("MASTER_PORT", "29500")
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = (str(info.rank), str(info.world_size),
@@ -73,7 +74,14 @@ def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str =
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(resolve_device(f"cuda:{info.local_rank}"))  # a clear error for a rank without a GPU
-    with peer_failures(info, f"not all {info.world_size} processes joined within {timeout_s} s"):
+    # Without this line a missing peer (a SLURM batch script that forgot srun) looks like a silent hang.
+    log.info("process %d/%d waiting for the others at %s:%s (%s, up to %d s)%s", info.rank, info.world_size,
+             os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?"), backend, timeout_s,
+             "; SLURM starts one process per task only through srun" if info.launcher == "slurm" else "")
+    advice = f"not all {info.world_size} processes joined within {timeout_s} s"
+    if info.launcher == "slurm":
+        advice += f" (SLURM_NTASKS={info.world_size}: launch with srun, or set --ntasks to the processes you start)"
+    with peer_failures(info, advice):
         dist.init_process_group(backend, init_method=dist_url, rank=info.rank, world_size=info.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     log.info("process %d/%d joined (%s)", info.rank, info.world_size, backend)
