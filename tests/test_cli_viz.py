@@ -124,3 +124,13 @@ def test_images_that_do_not_decode(weights, cats, tmp_path, capsys, caplog):
         (tmp_path / "bad" / name).write_bytes(b"\x00" * 10)
     assert main(base + ["--image_path", str(tmp_path / "bad"), "--output_dir", str(tmp_path / "c")]) == 2
     assert "none of the 2 images could be decoded" in capsys.readouterr().err
+
+
+def test_attention_maps_written_inside_the_image_folder_are_not_read_back(weights, cats, tmp_path, capsys):
+    folder = tmp_path / "cats"
+    shutil.copytree(cats, folder)
+    args = ["attention", "--pretrained_weights", str(weights), "--image_path", str(folder),
+            "--output_dir", str(folder / "maps"), "--image_size", "32"]
+    for _ in range(2):
+        assert main(args) == 0
+        assert capsys.readouterr().out.count("PNGs") == 3

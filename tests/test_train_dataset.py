@@ -233,3 +233,26 @@ def test_estimate_decoded_bytes(cifar_cache):
     cache, _ = cifar_cache
     assert estimate_decoded_bytes(len(cache), CANVAS) == cache.nbytes
     assert estimate_decoded_bytes(1_281_167, 256) > 250e9
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_run_inside_its_data_folder_does_not_train_on_its_own_pictures(cifar_root, tmp_path, layout):
+    from dinokit.train import load_config
+    from dinokit.train.batches import TrainBatches
+    from dinokit.train.distributed import DistInfo
+
+    data = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        folder = data / cls if layout == "classes" else data
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in sorted((cifar_root / "train" / cls).iterdir())[:5]:
+            shutil.copy(f, folder / f"{cls}_{f.name}")
+    report = data / "run" / "report"
+    report.mkdir(parents=True)
+    for name in ("loss.png", "attention.png"):  # what an earlier run wrote into --output_dir
+        Image.new("RGB", (64, 64)).save(report / name)
+    cfg = load_config({"data_path": str(data), "output_dir": str(data / "run"), "batch_size_per_gpu": 2,
+                       "num_workers": 0}, preset="demo")
+    batches = TrainBatches(cfg, DistInfo(), torch.device("cpu"))
+    assert batches.num_images == 10 and not any("report" in str(p) for p in batches.images.paths)
+    assert len(ImageList.from_folder(data)) == 12  # other commands still see every image

@@ -85,14 +85,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _images(image_path: str) -> tuple[list[Path], Path | None]:
+def _images(image_path: str, output_dir: str) -> tuple[list[Path], Path | None]:
     from ..data import find_images
 
     path = Path(image_path).expanduser()
     if path.is_file():
         return [path], None
-    if path.is_dir():
-        return find_images(path)[0], path
+    if path.is_dir():  # maps written inside the folder by an earlier run are not inputs
+        return find_images(path, exclude=[output_dir])[0], path
     raise DataError(f"--image_path {image_path!r} is neither an image file nor a folder")
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     gt_dir = Path(args.gt_masks).expanduser() if args.gt_masks else None
     if gt_dir is not None and not gt_dir.is_dir():
         raise DataError(f"--gt_masks {args.gt_masks!r} is not a folder")
-    paths, root = _images(args.image_path)
+    paths, root = _images(args.image_path, args.output_dir)
     output_folder(args.output_dir)
     model = load_vit(args)
     results = visualize_images(model, paths, args.output_dir, root, image_size, threshold, gt_dir, args.cmap)

@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,31 +83,36 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def class_folders(root: str | os.PathLike) -> list[str]:
-    """The sorted names of ``root``'s visible sub-folders: its classes when it holds no loose images."""
-    return sorted(d.name for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+def class_folders(root: str | os.PathLike, exclude: frozenset[Path] = frozenset()) -> list[str]:
+    """The sorted names of ``root``'s visible sub-folders (but ``exclude``, resolved paths): its
+    classes when it holds no loose images."""
+    return sorted(d.name for d in Path(root).iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and d.resolve() not in exclude)
 
 
-def find_images(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
+def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()
+                ) -> tuple[list[Path], list[int], list[str]]:
     """``(paths, labels, classes)`` of every image file below ``root``, in a stable order.
 
+    Folders in ``exclude`` are skipped (a training run's own output folder inside its data).
     Raises ``DataError`` with the folder's name when it is missing or holds no image.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
-    subdirs = class_folders(root)
+    skip = frozenset(Path(p).expanduser().resolve() for p in exclude)
+    subdirs = class_folders(root, skip)
     loose = _scan(root, recursive=False)
     if subdirs and not loose:
         classes = subdirs
         paths, labels = [], []
         for i, name in enumerate(classes):
-            found = _scan(root / name, recursive=True)
+            found = _scan(root / name, recursive=True, skip=skip)
             paths += found
             labels += [i] * len(found)
     else:
         classes = [""]
-        paths = _scan(root, recursive=True)
+        paths = _scan(root, recursive=True, skip=skip)
         labels = [0] * len(paths)
     if not paths:
         raise DataError(f"no images found in {str(root)!r} (looked for {', '.join(IMG_EXTENSIONS)}, "
@@ -114,10 +120,11 @@ def find_images(root: str | os.PathLike) -> tuple[list[Path], list[int], list[st
     return paths, labels, classes
 
 
-def _scan(folder: Path, recursive: bool) -> list[Path]:
+def _scan(folder: Path, recursive: bool, skip: frozenset[Path] = frozenset()) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (skip and (Path(dirpath) / d).resolve() in skip))
         out += [Path(dirpath) / f for f in sorted(filenames)
                 if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
         if not recursive:
@@ -136,8 +143,8 @@ class ImageList:
     bad: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_folder(cls, root: str | os.PathLike) -> "ImageList":
-        paths, labels, classes = find_images(root)
+    def from_folder(cls, root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> "ImageList":
+        paths, labels, classes = find_images(root, exclude)
         return cls(paths, labels, classes, Path(root))
 
     def __len__(self) -> int:

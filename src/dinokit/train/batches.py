@@ -52,7 +52,8 @@ class TrainBatches:
 
     def __init__(self, cfg, dist_info, device: torch.device):
         self.cfg, self.dist, self.device = cfg, dist_info, device
-        self.images = ImageList.from_folder(cfg.data_path)
+        # A run's output (report PNGs) inside its data folder must not become training images on resume.
+        self.images = ImageList.from_folder(cfg.data_path, exclude=[cfg.output_dir])
         self.num_images = len(self.images)
         per_step = cfg.batch_size_per_gpu * dist_info.world_size
         if per_step > self.num_images:
