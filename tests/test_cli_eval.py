@@ -220,3 +220,20 @@ def test_val_with_fewer_classes_is_matched_by_class_name(capsys, weights, cifar_
     rc, _, err = run(capsys, "knn", "--train_path", train_dir, "--val_path", partial, "--pretrained_weights",
                      weights, *COMMON)
     assert rc == 2 and "val classes without a train folder: unicorn" in err and err.count("\n") == 1
+
+
+def test_info_describes_feature_files_and_linear_probes(capsys, tmp_path):
+    from dinokit.eval.linear import LinearClassifier
+
+    Features(torch.randn(10, 8), torch.arange(10) % 2, classes=["cat", "dog"]).save(tmp_path / "train.pt")
+    Features(torch.randn(4, 8), torch.arange(4) % 2, classes=["cat", "dog"]).save(tmp_path / "val.npz")
+    for name in ("train.pt", "val.npz"):
+        assert main(["info", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert "x 8 (from dinokit extract)" in out and "classes      : 2 (cat, dog)" in out
+    torch.save({"state_dict": LinearClassifier(8, 3).state_dict(), "top1": 61.5}, tmp_path / "probe.pth")
+    assert main(["info", str(tmp_path / "probe.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "8-d features to 3 classes" in out and "val top-1    : 61.50" in out
+    assert main(["knn", "--load_features", str(tmp_path / "train.pt")]) == 2
+    assert "give the two files (train, val)" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="describe a weights file (release name or local path)",
-                       description="Load a checkpoint safely and print its architecture and contents.")
+                       description="Load a checkpoint safely and print its architecture and contents; "
+                                   "feature files and linear probes are recognised too.")
     p.add_argument("weights", help="release name (dino_vits16, ...) or a .pth / .safetensors file")
     p.add_argument("--checkpoint_key", default="teacher", help="entry of a full checkpoint (teacher/student)")
     p.set_defaults(func=run)
@@ -17,7 +18,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained
     from ..models.pretrained import _resolve, load_checkpoint_file
 
-    ckpt = load_checkpoint_file(_resolve(args.weights))
+    path = _resolve(args.weights)
+    ckpt = None if str(path).endswith(".npz") else load_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or "features" in ckpt:  # .npz, a dict of features, or a bare matrix
+        return _describe_features(path)
+    if "linear.weight" in ckpt.get("state_dict", ckpt) or "module.linear.weight" in ckpt.get("state_dict", {}):
+        return _describe_classifier(path, ckpt)
     model = load_pretrained(args.weights, checkpoint_key=args.checkpoint_key)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
@@ -26,4 +32,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"architecture : {type(model).__name__} "
           f"{getattr(model, 'embed_dim', '')}-d, patch {getattr(model, 'patch_size', '-')}")
     print(f"parameters   : {n_params / 1e6:.2f} M")
+    return 0
+
+
+def _describe_features(path) -> int:
+    """A file of ``dinokit extract`` (or ``knn --dump_features``): rows, width and classes."""
+    from ..eval.features import load_features
+
+    feats = load_features(path)
+    names = [c for c in feats.classes if c]
+    print(f"features     : {len(feats)} rows x {feats.dim} (from dinokit extract); use with knn/linear --load_features")
+    print(f"classes      : {len(names)}" + (f" ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
+                                              if names else " (unlabelled folder)"))
+    return 0
+
+
+def _describe_classifier(path, ckpt: dict) -> int:
+    """A linear probe of ``dinokit linear`` or the release's ``*_linearweights.pth``."""
+    from ..eval.linear import load_classifier
+
+    classifier = load_classifier(path)
+    print(f"linear probe : {classifier.linear.in_features}-d features to {classifier.num_labels} classes; "
+          f"use with linear --evaluate --pretrained_linear")
+    if isinstance(ckpt.get("top1"), float):
+        print(f"val top-1    : {ckpt['top1']:.2f}")
     return 0

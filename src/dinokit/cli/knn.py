@@ -65,6 +65,9 @@ def load_feature_pair(paths: list[str]):
         train, val = load_features(paths[0]), load_features(paths[1])
     elif len(paths) == 1:
         folder = Path(paths[0])
+        if folder.is_file():
+            raise ConfigError(f"--load_features {folder}: give the two files (train, val), or a folder "
+                              f"holding train.pt and val.pt")
         if (folder / "trainfeat.pth").is_file():
             train, val = load_official_dump(folder)
         else:
