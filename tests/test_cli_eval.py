@@ -237,3 +237,19 @@ def test_info_describes_feature_files_and_linear_probes(capsys, tmp_path):
     assert "8-d features to 3 classes" in out and "val top-1    : 61.50" in out
     assert main(["knn", "--load_features", str(tmp_path / "train.pt")]) == 2
     assert "give the two files (train, val)" in capsys.readouterr().err
+
+
+def test_a_run_on_small_images_is_evaluated_at_its_training_size(capsys, cifar_small, tmp_path, caplog):
+    train_dir, test_dir = cifar_small
+    teacher = {f"backbone.{k}": v for k, v in vit_tiny(patch_size=8, img_size=32).state_dict().items()}
+    torch.save({"teacher": teacher, "args": {"global_crops_size": 24, "canvas_size": 32}}, tmp_path / "run.pth")
+    base = ["extract", "--data_path", test_dir, "--pretrained_weights", tmp_path / "run.pth", "--num_workers", "0",
+            "--quiet", "--output"]
+    with caplog.at_level("INFO"):
+        assert run(capsys, *base, tmp_path / "a.pt")[0] == 0
+    assert "images at 32 px, the size the checkpoint was trained at" in caplog.text
+    assert run(capsys, *base, tmp_path / "b.pt", "--image_size", "32")[0] == 0
+    torch.testing.assert_close(load_features(tmp_path / "a.pt").features, load_features(tmp_path / "b.pt").features)
+    assert run(capsys, *base, tmp_path / "c.pt", "--resize", "40", "--crop", "40")[0] == 0  # flags win
+    assert not torch.allclose(load_features(tmp_path / "a.pt").features, load_features(tmp_path / "c.pt").features)
+

@@ -51,10 +51,12 @@ def add_runtime_args(p: argparse.ArgumentParser, batch_size: int | None = 128) -
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
 
 
-def add_image_args(p: argparse.ArgumentParser, resize: int = 256, crop: int = 224) -> None:
+def add_image_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--resize", type=positive_int, default=resize, help="shorter side before cropping (bicubic)")
-    g.add_argument("--crop", type=positive_int, default=crop, help="centre crop size")
+    g.add_argument("--resize", type=positive_int, default=None,
+                   help="shorter side before cropping (bicubic); default 256, or the training size of a "
+                        "dinokit run on small images (32 for CIFAR)")
+    g.add_argument("--crop", type=positive_int, default=None, help="centre crop size; default 224, or as --resize")
     g.add_argument("--image_size", type=positive_int, default=None,
                    help="shortcut setting --resize and --crop to the same value (32 for CIFAR)")
 
@@ -62,12 +64,12 @@ def add_image_args(p: argparse.ArgumentParser, resize: int = 256, crop: int = 22
 def image_transform(args: argparse.Namespace):
     from ..data import EvalTransform
 
-    resize, crop = (args.image_size, args.image_size) if args.image_size else (args.resize, args.crop)
+    resize, crop = (args.image_size, args.image_size) if args.image_size else (args.resize or 256, args.crop or 224)
     return EvalTransform(resize, crop)
 
 
 def crop_size(args: argparse.Namespace) -> int:
-    return args.image_size or args.crop
+    return args.image_size or args.crop or 224
 
 
 def progress(args: argparse.Namespace):
@@ -108,11 +110,22 @@ def load_backbone(args: argparse.Namespace):
             log.info("no --pretrained_weights given: using the DINO release %s", source)
         model = load_pretrained(source, arch=args.arch, patch_size=args.patch_size,
                                 checkpoint_key=args.checkpoint_key)
+    _default_image_size(args, getattr(model, "pretrained_cfg", {}).get("image_size"))
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("backbone %s (%s, %d-d) on %s", source, type(model).__name__,
              getattr(model, "embed_dim", 0), device)
     return model.to(device).eval()
+
+
+def _default_image_size(args: argparse.Namespace, trained_at: int | None) -> None:
+    """Without size flags, a dinokit run on small images is evaluated at its training size: 224 px
+    would upscale 32 px images 7x, cost ~50x the compute and change the features."""
+    if not hasattr(args, "resize") or trained_at is None or args.image_size or args.resize or args.crop:
+        return
+    args.image_size = trained_at
+    log.info("images at %d px, the size the checkpoint was trained at (--image_size or --resize/--crop "
+             "to change)", trained_at)
 
 
 def register(sub) -> None:

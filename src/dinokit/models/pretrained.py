@@ -151,7 +151,8 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     backbone in eval mode.
     """
     path = _resolve(name_or_path)
-    sd = backbone_state_dict(load_checkpoint_file(path), checkpoint_key)
+    ckpt = load_checkpoint_file(path)
+    sd = backbone_state_dict(ckpt, checkpoint_key)
     if not sd:
         raise CheckpointError(f"{path} contains no tensors under {checkpoint_key!r} or at its top level")
     if arch is None and str(name_or_path) in _RELEASE_ARCH:
@@ -167,7 +168,20 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
         shown = inferred_arch + (f"/{inferred_patch}" if inferred_patch else "")
         hint = f"its tensors look like {shown}: leave out --arch / --patch_size to build that"
     load_state_dict_strict(model, sd, source=str(path), hint=hint)
+    model.pretrained_cfg = {"source": str(path), "image_size": training_image_size(ckpt)}  # timm's attribute
     return model.eval()
+
+
+def training_image_size(ckpt: dict) -> int | None:
+    """The image size a dinokit run of small images trained at (its canvas, else its global crops),
+    read off the checkpoint's ``args``; None for ImageNet-size runs, release files and official
+    checkpoints, which are evaluated at the usual 256 -> 224."""
+    args = ckpt.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    if not isinstance(args, dict):
+        return None
+    size = args.get("canvas_size") or args.get("global_crops_size")
+    return int(size) if isinstance(size, int) and 0 < size < 128 else None
 
 
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",
