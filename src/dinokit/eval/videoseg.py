@@ -128,6 +128,11 @@ def read_mask(path: str | os.PathLike, palette: list[int] | None = None) -> tupl
             rgb = np.array(im.convert("RGB"))
     except OSError as e:
         raise DataError(f"cannot read mask {path}: {e}") from None
+    return _rgb_to_ids(rgb, palette, path)
+
+
+def _rgb_to_ids(rgb: np.ndarray, palette: list[int] | None, path) -> tuple[np.ndarray, list[int]]:
+    """``rgb [H, W, 3]`` to ids ``[H, W]`` by colour, with the palette used (see ``read_mask``)."""
     pixels = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     colours, inverse = np.unique(pixels, return_inverse=True)
     if palette is None:
