@@ -432,6 +432,19 @@ def test_a_dead_rank_makes_the_other_exit_with_a_clear_error_then_restart_resume
     assert load_for_resume(tmp_path)["epoch"] == 2
 
 
+def test_a_second_run_on_the_same_output_dir_stops_before_touching_it(plain, tmp_path):
+    first = Trainer(tiny_config(plain, tmp_path, epochs=1))
+    (tmp_path / ".checkpoint.pth.tmp").write_bytes(b"the first run is writing this")
+    with pytest.raises(DinokitError, match=r"in use by another training run \(pid \d+ on .*\): wait"):
+        Trainer(tiny_config(plain, tmp_path, epochs=1))
+    assert (tmp_path / ".checkpoint.pth.tmp").exists()  # the second run cleaned up nothing
+    with pytest.raises(DinokitError, match="larger than the 60 images"):  # a run that fails to start lets go
+        Trainer(tiny_config(plain, tmp_path / "other", batch_size_per_gpu=100))
+    Trainer(tiny_config(plain, tmp_path / "other", epochs=1)).release()
+    assert first.fit()["epochs"] == 1  # fit lets go at the end
+    assert train(tiny_config(plain, tmp_path, epochs=2))["epochs"] == 2
+
+
 def test_a_slurm_task_started_without_srun_says_so_instead_of_hanging(monkeypatch, caplog):
     from dinokit.train.distributed import PeerFailure, init_distributed
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -3,11 +3,17 @@ an hour of training or feature extraction."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def output_folder(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
@@ -31,3 +37,45 @@ def output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
         raise DataError(f"{flag} {str(path)!r} is a folder: give a file name")
     output_folder(file.parent, f"the folder of {flag}")
     return file
+
+
+class FolderLock:
+    """An exclusive lock on ``folder/.dinokit.lock`` while a run writes into ``folder``: a second
+    run given the same folder stops at once instead of overwriting the first one's checkpoints.
+
+    Advisory (``flock``): it binds dinokit processes only, and ends with its process, so a killed
+    run leaves only a stale file that the next run takes over. Where ``flock`` is missing
+    (Windows) nothing is locked.
+    """
+
+    def __init__(self, folder: Path, what: str = "training run"):
+        self.file = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        f = open(Path(folder) / ".dinokit.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise DataError(f"{folder} is in use by another {what} ({holder}): wait for it to end, "
+                                f"or give another --output_dir") from None
+            log.warning("cannot lock %s (%s): nothing stops a second run from writing there too", folder,
+                        e.strerror or e)
+            return
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        """Remove the lock file (a finished or refused run leaves the folder as it was) and let go."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.file.name)
+            self.file.close()
+            self.file = None

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import DataError, DinokitError
 from ..models.pretrained import CheckpointError
-from ..outputs import output_folder
+from ..outputs import FolderLock, output_folder
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
@@ -75,6 +75,19 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.main = self.dist.rank == 0
         self.out = output_folder(cfg.output_dir)
+        self.lock = FolderLock(self.out) if self.main else None  # before anything in the folder changes
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let another run use the output folder (at the end of ``fit``; a dead process lets go by itself)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, cfg: TrainConfig) -> None:
         if self.main:
             remove_stale_temporaries(self.out)
         self.data = TrainBatches(cfg, self.dist, self.device)
@@ -171,18 +184,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
-        self.resume()
-        self._start()
-        self._install_signal_handlers()
         try:
-            with peer_failures(self.dist, self._resume_advice()):
-                epoch, stats, elapsed = self._epochs()
+            self.resume()
+            self._start()
+            self._install_signal_handlers()
+            try:
+                with peer_failures(self.dist, self._resume_advice()):
+                    epoch, stats, elapsed = self._epochs()
+            finally:
+                self._restore_signal_handlers()
+            self.skipped.summary()
+            self._raise_if_unsaved("training finished")
+            if self.main and self.cfg.report:
+                self._write_report()
         finally:
-            self._restore_signal_handlers()
-        self.skipped.summary()
-        self._raise_if_unsaved("training finished")
-        if self.main and self.cfg.report:
-            self._write_report()
+            self.release()
         return {"epochs": epoch, "elapsed_s": elapsed, **stats}
 
     def _start(self) -> None:
