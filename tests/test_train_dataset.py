@@ -256,3 +256,21 @@ def test_a_run_inside_its_data_folder_does_not_train_on_its_own_pictures(cifar_r
     batches = TrainBatches(cfg, DistInfo(), torch.device("cpu"))
     assert batches.num_images == 10 and not any("report" in str(p) for p in batches.images.paths)
     assert len(ImageList.from_folder(data)) == 12  # other commands still see every image
+
+
+def test_symlinks_back_up_the_tree_are_not_walked_again(cifar_root, tmp_path):
+    from dinokit.data import find_images
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((cifar_root / "train" / cls).iterdir())[:3]:
+            shutil.copy(f, tmp_path / cls / f.name)
+    (tmp_path / "cat" / "up").symlink_to("..")   # a loop: os.walk would list the tree 40 times over
+    (tmp_path / "self").symlink_to(".")          # not a class of its own
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_more"
+    elsewhere.mkdir()
+    shutil.copy(sorted((cifar_root / "train" / "dog").iterdir())[5], elsewhere / "linked.jpg")
+    (tmp_path / "dog" / "more").symlink_to(elsewhere)  # a link to another folder is followed
+    paths, labels, classes = find_images(tmp_path)
+    assert classes == ["cat", "dog"] and len(paths) == 7 and labels.count(1) == 4
+    assert any(p.name == "linked.jpg" for p in paths)

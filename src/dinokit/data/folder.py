@@ -86,8 +86,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def class_folders(root: str | os.PathLike, exclude: frozenset[Path] = frozenset()) -> list[str]:
     """The sorted names of ``root``'s visible sub-folders (but ``exclude``, resolved paths): its
     classes when it holds no loose images."""
+    here = Path(root).resolve()
     return sorted(d.name for d in Path(root).iterdir()
-                  if d.is_dir() and not d.name.startswith(".") and d.resolve() not in exclude)
+                  if d.is_dir() and not d.name.startswith(".") and _walkable(here, d, exclude))
 
 
 def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()
@@ -122,14 +123,27 @@ def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = 
 
 def _scan(folder: Path, recursive: bool, skip: frozenset[Path] = frozenset()) -> list[Path]:
     out = []
+    seen = set()  # (device, inode) of the folders walked: two links to one folder give its images once
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (skip and (Path(dirpath) / d).resolve() in skip))
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        here = Path(dirpath).resolve()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _walkable(here, Path(dirpath) / d, skip))
         out += [Path(dirpath) / f for f in sorted(filenames)
                 if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
         if not recursive:
             break
     return out
+
+
+def _walkable(here: Path, sub: Path, skip: frozenset[Path]) -> bool:
+    """Whether to descend into ``sub`` of the (resolved) folder ``here``: not an excluded folder,
+    and not a symlink back to ``here`` or one of its parents (a loop that repeats the tree)."""
+    real = sub.resolve()
+    return real not in skip and not here.is_relative_to(real)
 
 
 @dataclass
