@@ -253,3 +253,25 @@ def test_a_run_on_small_images_is_evaluated_at_its_training_size(capsys, cifar_s
     assert run(capsys, *base, tmp_path / "c.pt", "--resize", "40", "--crop", "40")[0] == 0  # flags win
     assert not torch.allclose(load_features(tmp_path / "a.pt").features, load_features(tmp_path / "c.pt").features)
 
+
+
+def test_a_saved_probe_scores_a_val_folder_with_some_of_its_classes(capsys, weights, cifar_small, tmp_path):
+    from dinokit.eval.linear import load_classifier
+
+    train_dir, test_dir = cifar_small
+    out = tmp_path / "probe"
+    assert run(capsys, "linear", "--train_path", train_dir, "--val_path", test_dir, "--pretrained_weights", weights,
+               "--n_last_blocks", "1", "--epochs", "30", "--lr", "0.1", "--output_dir", out, *COMMON)[0] == 0
+    pets = tmp_path / "pets"  # a val folder of cat and dog only: its own labels are 0 and 1
+    for cls in ("cat", "dog"):
+        shutil.copytree(test_dir / cls, pets / cls)
+    rc, info, _ = run(capsys, "linear", "--evaluate", "--pretrained_linear", out / "linear.pth", "--train_path",
+                      train_dir, "--val_path", pets, "--pretrained_weights", weights, "--n_last_blocks", "1", *COMMON)
+    assert rc == 0 and info["val"] == 20
+    assert run(capsys, "extract", "--data_path", pets, "--output", tmp_path / "pets.pt", "--pretrained_weights",
+               weights, *COMMON)[0] == 0
+    feats = load_features(tmp_path / "pets.pt")
+    truth = torch.tensor([3, 5])[feats.labels]  # cat and dog among the 10 CIFAR classes
+    predicted = load_classifier(out / "linear.pth")(feats.features).argmax(dim=1)
+    assert info["top1"] == pytest.approx(100.0 * (predicted == truth).float().mean().item())
+    assert info["top1"] != pytest.approx(100.0 * (predicted == feats.labels).float().mean().item())  # telling

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args, embed, start: float) -> int:
     from ..errors import ConfigError
+    from ..eval.features import align_classes
     from ..eval.linear import evaluate_classifier, load_classifier
 
     if not args.pretrained_linear:
@@ -89,6 +90,7 @@ def _evaluate(args, embed, start: float) -> int:
         val = load_feature_pair(args.load_features)[1]
     else:
         val = extract_folder(args, load_backbone(args), split_folders(args)[1], embed, "val")
+    val = align_classes(classifier.classes, val)  # a probe of dinokit knows its class names
     if val.dim != classifier.linear.in_features:
         raise ConfigError(f"the classifier takes {classifier.linear.in_features}-d features but these are "
                           f"{val.dim}-d: check --n_last_blocks / --avgpool_patchtokens")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +45,10 @@ class LinearClassifier(nn.Module):
     """``[B, D]`` features to ``[B, num_labels]`` logits; state dict ``linear.weight``, ``linear.bias``
     as in the release (whose files add a ``module.`` prefix, accepted by ``load_classifier``)."""
 
-    def __init__(self, dim: int, num_labels: int = 1000):
+    def __init__(self, dim: int, num_labels: int = 1000, classes: Sequence[str] = ()):
         super().__init__()
         self.num_labels = num_labels
+        self.classes = list(classes)  # the training class names, when known: matches val folders by name
         self.linear = nn.Linear(dim, num_labels)
         self.linear.weight.data.normal_(mean=0.0, std=0.01)
         self.linear.bias.data.zero_()
@@ -113,10 +114,10 @@ def evaluate_classifier(classifier: nn.Module, feats: torch.Tensor, labels: torc
 
 
 def _fit(batches: Batches, dim: int, num_classes: int, val: Features, config: LinearConfig,
-         device: torch.device, on_epoch: Callable[[dict], None] | None) -> LinearResult:
+         device: torch.device, on_epoch: Callable[[dict], None] | None, classes: Sequence[str]) -> LinearResult:
     """The training loop shared by both paths; ``batches(epoch)`` yields ``(features, labels)``."""
     torch.manual_seed(config.seed)
-    classifier = LinearClassifier(dim, num_classes).to(device)
+    classifier = LinearClassifier(dim, num_classes, [c for c in classes if c]).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), config.lr * config.batch_size / 256.0,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=0)
@@ -172,7 +173,7 @@ def train_linear(train: Features, val: Features, config: LinearConfig | None = N
             idx = order[i:i + config.batch_size]
             yield train.features[idx], train.labels[idx]
 
-    return _fit(batches, train.dim, n_cls, val, config, torch.device(device), on_epoch)
+    return _fit(batches, train.dim, n_cls, val, config, torch.device(device), on_epoch, train.classes)
 
 
 def train_linear_augmented(model: nn.Module, train_images: ImageList, val: Features, image_size: int = 224,
@@ -202,16 +203,17 @@ def train_linear_augmented(model: nn.Module, train_images: ImageList, val: Featu
                     feats = embed_batch(model, embed, x, device)
                 yield feats, y
 
-    return _fit(batches, val.dim, n_cls, val, config, device, on_epoch)
+    return _fit(batches, val.dim, n_cls, val, config, device, on_epoch, train_images.classes)
 
 
 def save_classifier(path: str | os.PathLike, result: LinearResult, **meta) -> Path:
-    """Write ``{"state_dict", "num_labels", "top1", "top5", "best_acc", "epoch", **meta}`` (plain
-    tensors and values, loadable with ``weights_only=True``)."""
+    """Write ``{"state_dict", "num_labels", "classes", "top1", "top5", "best_acc", "epoch", **meta}``
+    (plain tensors and values, loadable with ``weights_only=True``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu() for k, v in result.classifier.state_dict().items()}
-    torch.save({"state_dict": sd, "num_labels": result.classifier.num_labels, "top1": result.top1,
+    torch.save({"state_dict": sd, "num_labels": result.classifier.num_labels,
+                "classes": list(result.classifier.classes), "top1": result.top1,
                 "top5": result.top5, "best_acc": result.best_top1, "epoch": len(result.history), **meta}, path)
     return path
 
@@ -224,6 +226,7 @@ def load_classifier(path: str | os.PathLike) -> LinearClassifier:
     if "linear.weight" not in sd or "linear.bias" not in sd:
         raise DataError(f"{path} holds no linear.weight / linear.bias")
     num_labels, dim = sd["linear.weight"].shape
-    classifier = LinearClassifier(dim, num_labels)
+    classes = ckpt.get("classes") if isinstance(ckpt, dict) else None
+    classifier = LinearClassifier(dim, num_labels, classes if isinstance(classes, list) else ())
     classifier.load_state_dict(sd)
     return classifier.eval()
