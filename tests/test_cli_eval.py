@@ -231,10 +231,11 @@ def test_info_describes_feature_files_and_linear_probes(capsys, tmp_path):
         assert main(["info", str(tmp_path / name)]) == 0
         out = capsys.readouterr().out
         assert "x 8 (from dinokit extract)" in out and "classes      : 2 (cat, dog)" in out
-    torch.save({"state_dict": LinearClassifier(8, 3).state_dict(), "top1": 61.5}, tmp_path / "probe.pth")
+    torch.save({"state_dict": LinearClassifier(8, 3).state_dict(), "top1": 61.5, "classes": ["a", "b", "c"]},
+               tmp_path / "probe.pth")
     assert main(["info", str(tmp_path / "probe.pth")]) == 0
     out = capsys.readouterr().out
-    assert "8-d features to 3 classes" in out and "val top-1    : 61.50" in out
+    assert "8-d features to 3 classes" in out and "val top-1    : 61.50" in out and "classes      : a, b, c" in out
     assert main(["knn", "--load_features", str(tmp_path / "train.pt")]) == 2
     assert "give the two files (train, val)" in capsys.readouterr().err
 

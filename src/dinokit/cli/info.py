@@ -54,6 +54,9 @@ def _describe_classifier(path, ckpt: dict) -> int:
     classifier = load_classifier(path)
     print(f"linear probe : {classifier.linear.in_features}-d features to {classifier.num_labels} classes; "
           f"use with linear --evaluate --pretrained_linear")
+    if classifier.classes:
+        shown = classifier.classes[:10]
+        print(f"classes      : {', '.join(shown)}{' ...' if len(classifier.classes) > 10 else ''}")
     if isinstance(ckpt.get("top1"), float):
         print(f"val top-1    : {ckpt['top1']:.2f}")
     return 0
