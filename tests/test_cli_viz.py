@@ -134,3 +134,12 @@ def test_attention_maps_written_inside_the_image_folder_are_not_read_back(weight
     for _ in range(2):
         assert main(args) == 0
         assert capsys.readouterr().out.count("PNGs") == 3
+
+
+def test_a_damaged_video_is_one_short_line(weights, tmp_path, capsys):
+    pytest.importorskip("imageio")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 10)
+    assert main(["attention-video", "--pretrained_weights", str(weights), "--input", str(tmp_path / "broken.mp4"),
+                 "--output", str(tmp_path / "out.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read video" in err and "configuration:" not in err and len(err) < 400

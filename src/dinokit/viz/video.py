@@ -67,12 +67,21 @@ def _gif_frames(path: Path) -> Iterator[Image.Image]:
             yield frame.convert("RGB")
 
 
+def _reason(error: Exception) -> str:
+    """imageio's first line, plus ffmpeg's own last line when it appended its stderr (banner,
+    build flags and all) to the message."""
+    head, _, ffmpeg = str(error).partition("=== stderr ===")
+    lines = [line.strip() for line in ffmpeg.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return " ".join(head.split()) + (f" (ffmpeg: {last})" if last else "")
+
+
 def _video_frames(path: Path) -> Iterator[Image.Image]:
     iio = require_imageio()
     try:
         reader = iio.get_reader(str(path))
     except Exception as e:  # noqa: BLE001  (imageio raises various types for unreadable files)
-        raise DataError(f"cannot read video {path}: {' '.join(str(e).split())}") from None
+        raise DataError(f"cannot read video {path}: {_reason(e)}") from None
     with reader:
         for frame in reader:
             yield Image.fromarray(np.asarray(frame)[..., :3]).convert("RGB")
