@@ -28,6 +28,18 @@ def _total_ram() -> int:
         return 8 << 30
 
 
+def _workers(asked: int) -> int:
+    """``asked`` decoding processes, but no more than the CPUs this process may use: the release's
+    default of 10 on a 2-core machine only makes the workers compete with training (and torch warn)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if asked > cpus:
+        log.info("--num_workers %d lowered to %d, the CPUs this process may use", asked, cpus)
+    return min(asked, cpus)
+
+
 class _ShardSampler(torch.utils.data.Sampler):
     """This rank's slice of one seeded permutation per epoch, from ``skip`` batches on."""
 
@@ -54,6 +66,7 @@ class TrainBatches:
         self.cfg, self.dist, self.device = cfg, dist_info, device
         # A run's output (report PNGs) inside its data folder must not become training images on resume.
         self.images = ImageList.from_folder(cfg.data_path, exclude=[cfg.output_dir])
+        self.workers = _workers(cfg.num_workers)
         self.num_images = len(self.images)
         per_step = cfg.batch_size_per_gpu * dist_info.world_size
         if per_step > self.num_images:
@@ -106,7 +119,7 @@ class TrainBatches:
     def _build_cache(self) -> CachedImages:
         log.info("decoding %d images once into memory (%dx%d canvases)", self.num_images, self.canvas, self.canvas)
         cache_file = os.path.join(self.cfg.output_dir, f"decoded_{self.canvas}.pt")
-        cache = CachedImages(self.images, self.canvas, num_workers=self.cfg.num_workers, cache_file=cache_file)
+        cache = CachedImages(self.images, self.canvas, num_workers=self.workers, cache_file=cache_file)
         return cache.to(self.device) if self.device.type == "cuda" else cache
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -122,10 +135,10 @@ class TrainBatches:
             return
         self.sampler.epoch, self.sampler.skip = epoch, skip
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, num_workers=cfg.num_workers,
+            self.dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, num_workers=self.workers,
             collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None,
-            worker_init_fn=ignore_sigint if cfg.num_workers > 0 else None)
+            persistent_workers=False, prefetch_factor=4 if self.workers > 0 else None,
+            worker_init_fn=ignore_sigint if self.workers > 0 else None)
         for images, hw, _labels, _index, bad in loader:
             if bad:
                 self.dataset.report_bad(bad, log_each=False)  # reported together by the trainer
