@@ -277,10 +277,11 @@ def test_symlinks_back_up_the_tree_are_not_walked_again(cifar_root, tmp_path):
 
 
 def test_data_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch, caplog):
-    from dinokit.train.batches import _workers
+    from dinokit.runtime import _note_lowered, usable_workers
 
+    _note_lowered.cache_clear()  # logged once per process
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     with caplog.at_level(logging.INFO):
-        assert _workers(10) == 2  # the release's default on a 2-core machine
+        assert usable_workers(10) == 2  # the release's default on a 2-core machine
     assert "--num_workers 10 lowered to 2" in caplog.text
-    assert _workers(2) == 2 and _workers(0) == 0
+    assert usable_workers(2) == 2 and usable_workers(0) == 0

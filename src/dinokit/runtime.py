@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import logging
 import os
 import sys
 
 import torch
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "cpu_has_fast_bf16", "tune_malloc"]
 
@@ -88,3 +92,20 @@ def tune_malloc() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
     return bool(libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_top_pad, 256 << 20)
                 and libc.mallopt(m_mmap_threshold, 64 << 20))
+
+
+def usable_workers(asked: int) -> int:
+    """``asked`` data-loading processes, but no more than the CPUs this process may use: the
+    release's default of 10 on a 2-core machine only makes the workers compete (and torch warn)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if asked > cpus:
+        _note_lowered(asked, cpus)
+    return min(asked, cpus)
+
+
+@functools.lru_cache(maxsize=None)
+def _note_lowered(asked: int, cpus: int) -> None:  # once per process, not once per loader
+    log.info("--num_workers %d lowered to %d, the CPUs this process may use", asked, cpus)

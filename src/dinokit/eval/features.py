@@ -23,7 +23,7 @@ from torch import nn
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
 from ..errors import ConfigError, DataError
 from ..safe_load import load_tensors
-from ..runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision, usable_workers
 
 __all__ = ["Embedding", "Features", "align_classes", "check_classes", "class_index", "extract_features",
            "load_features", "load_official_dump", "ImageFileDataset", "collate_images", "embed_batch", "model_device"]
@@ -297,8 +297,9 @@ def _from_files(model, embed, images: ImageList, transform, batch_size: int, num
                 progress) -> Features:
     device = model_device(model)
     loader = torch.utils.data.DataLoader(
-        ImageFileDataset(images, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_images, pin_memory=device.type == "cuda", persistent_workers=False)
+        ImageFileDataset(images, transform), batch_size=batch_size, shuffle=False,
+        num_workers=usable_workers(num_workers), collate_fn=collate_images, pin_memory=device.type == "cuda",
+        persistent_workers=False)
     feats, labels, index, done = [], [], [], 0
     for x, y, idx, bad in loader:
         for i, message in bad:

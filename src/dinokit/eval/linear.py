@@ -30,7 +30,7 @@ from ..data import ImageList
 from ..errors import ConfigError, DataError
 from ..safe_load import load_tensors
 from .features import EmbedFn, Embedding, Features, collate_images, embed_batch, ImageFileDataset, model_device
-from ..runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision, usable_workers
 from .transforms import RandomResizedCropFlip
 
 __all__ = ["LinearClassifier", "LinearConfig", "LinearResult", "train_linear", "train_linear_augmented",
@@ -194,7 +194,7 @@ def train_linear_augmented(model: nn.Module, train_images: ImageList, val: Featu
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen,
-                                             num_workers=num_workers, collate_fn=collate_images)
+                                             num_workers=usable_workers(num_workers), collate_fn=collate_images)
         for x, y, _, bad in loader:
             for _, message in bad:
                 log.warning("skipping unreadable image %s", message)

@@ -15,6 +15,7 @@ from ..data import ImageList
 from ..data.train_dataset import (CachedImages, TrainImageDataset, collate_skip_bad, estimate_decoded_bytes,
                                   ignore_sigint)
 from ..errors import ConfigError, DataError
+from ..runtime import usable_workers
 
 __all__ = ["TrainBatches"]
 
@@ -26,18 +27,6 @@ def _total_ram() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
-
-
-def _workers(asked: int) -> int:
-    """``asked`` decoding processes, but no more than the CPUs this process may use: the release's
-    default of 10 on a 2-core machine only makes the workers compete with training (and torch warn)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    if asked > cpus:
-        log.info("--num_workers %d lowered to %d, the CPUs this process may use", asked, cpus)
-    return min(asked, cpus)
 
 
 class _ShardSampler(torch.utils.data.Sampler):
@@ -66,7 +55,7 @@ class TrainBatches:
         self.cfg, self.dist, self.device = cfg, dist_info, device
         # A run's output (report PNGs) inside its data folder must not become training images on resume.
         self.images = ImageList.from_folder(cfg.data_path, exclude=[cfg.output_dir])
-        self.workers = _workers(cfg.num_workers)
+        self.workers = usable_workers(cfg.num_workers)
         self.num_images = len(self.images)
         per_step = cfg.batch_size_per_gpu * dist_info.world_size
         if per_step > self.num_images:
