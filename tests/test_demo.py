@@ -28,3 +28,16 @@ def test_cli_knn_reproduces_the_demo_number(cifar_small, tmp_path):
     top1 = result["results"]["20"]["top1"] if "results" in result else result["20"]["top1"]
     assert round(top1, 2) == demo["dino"]
     assert 10 < demo["raw_pixels"] < 60 and 0 < demo["random_init"] < 60
+
+
+def test_running_the_demo_again_evaluates_the_same_run(cifar_small, tmp_path, caplog):
+    from dinokit.demo import run_demo
+
+    root = cifar_small[0].parent  # train/ and test/
+    first = run_demo(str(tmp_path / "demo"), str(root), minutes=0.05)
+    with caplog.at_level("INFO", logger="dinokit.demo"):
+        again = run_demo(str(tmp_path / "demo"), str(root), minutes=0.05)
+    assert "held an earlier demo run" in caplog.text
+    assert again["knn_top1"] == first["knn_top1"]  # the same checkpoint, not a new run
+    assert abs(again["minutes"] - first["minutes"]) < 0.05  # its training time, not the few seconds of this call
+    assert json.loads((tmp_path / "demo" / "demo_result.json").read_text())["knn_top1"] == first["knn_top1"]
