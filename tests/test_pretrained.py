@@ -165,3 +165,13 @@ def test_cli_help_and_info(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.pth" in bad.stderr
     assert hasattr(dinokit, "load_pretrained")
+
+
+def test_feature_files_and_linear_probes_are_named_as_such(tmp_path):
+    torch.save({"features": torch.randn(4, 8), "labels": torch.zeros(4, dtype=torch.long)}, tmp_path / "f.pt")
+    torch.save({"state_dict": {"linear.weight": torch.zeros(3, 8), "linear.bias": torch.zeros(3)}}, tmp_path / "l.pth")
+    with pytest.raises(CheckpointError, match="is a feature file \\(dinokit extract\\), not backbone weights"):
+        load_pretrained(tmp_path / "f.pt")
+    with pytest.raises(CheckpointError, match="is a linear probe"):
+        load_pretrained(tmp_path / "l.pth")
+

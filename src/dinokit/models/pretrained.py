@@ -155,6 +155,10 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     sd = backbone_state_dict(ckpt, checkpoint_key)
     if not sd:
         raise CheckpointError(f"{path} contains no tensors under {checkpoint_key!r} or at its top level")
+    if "features" in sd or "linear.weight" in sd:  # dinokit's other outputs, easy to pass by mistake
+        what = "a feature file (dinokit extract)" if "features" in sd else "a linear probe (dinokit linear)"
+        raise CheckpointError(f"{path} is {what}, not backbone weights: pass the checkpoint.pth of a run "
+                              f"or a release file")
     if arch is None and str(name_or_path) in _RELEASE_ARCH:
         arch, patch_size = _RELEASE_ARCH[str(name_or_path)]
     inferred_arch, inferred_patch, img_size = infer_arch(sd)
