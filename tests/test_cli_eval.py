@@ -276,3 +276,12 @@ def test_a_saved_probe_scores_a_val_folder_with_some_of_its_classes(capsys, weig
     predicted = load_classifier(out / "linear.pth")(feats.features).argmax(dim=1)
     assert info["top1"] == pytest.approx(100.0 * (predicted == truth).float().mean().item())
     assert info["top1"] != pytest.approx(100.0 * (predicted == feats.labels).float().mean().item())  # telling
+
+
+def test_knn_on_folders_without_classes_stops_before_extraction(capsys, tmp_path):
+    for split in ("train", "val"):  # loose images: every label the same, so 100% would say nothing
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / split / "a.png")
+    rc, _, err = run(capsys, "knn", "--data_path", tmp_path, "--random_init", "--arch", "vit_tiny")
+    assert rc == 2 and "needs class sub-folders (<dir>/<class>/*.jpg), at least 2" in err and "backbone" not in err
+

@@ -125,6 +125,8 @@ def test_k_larger_than_the_training_set_and_bad_inputs():
         knn_neighbors(train, torch.ones(2, 4), 1)
     with pytest.raises(DataError):
         knn_evaluate(train, y[:2], train, y)
+    with pytest.raises(DataError, match="at least 2 classes"):  # one class: 100% whatever the features
+        knn_evaluate(train, torch.zeros(3, dtype=torch.long), train, torch.zeros(3, dtype=torch.long))
 
 
 def _subset(root, per_class):

@@ -208,3 +208,12 @@ def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp
     shutil.copy(next((test_dir / "cat").iterdir()), tmp_path / "val" / "unicorn" / "u.jpg")
     with pytest.raises(DataError, match="val classes without a train folder: unicorn"):
         decode_pair(str(train_dir), str(tmp_path / "val"), transform)
+    # Folders that cannot be scored stop the run before its first step, not after its first epoch.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted((test_dir / "cat").iterdir())[:3]:
+        shutil.copy(f, flat / f.name)
+    cfg = tiny_config(train_dir, tmp_path / "run", knn_every=1, knn_train_path=str(flat), knn_val_path=str(flat))
+    with pytest.raises(DataError, match="k-NN needs class sub-folders"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoint.pth").exists() and not (tmp_path / "run" / "log.txt").exists()

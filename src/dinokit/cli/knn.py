@@ -92,12 +92,16 @@ def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: st
 def extract_pair(args: argparse.Namespace, embed=None):
     """Train and val Features of the image folders the flags name."""
     from ..data import class_folders
+    from ..errors import DataError
     from ..eval.features import align_classes, check_classes
 
     train_dir, val_dir = split_folders(args)
     train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
-    if train_classes and val_classes:
-        check_classes(train_classes, val_classes)  # before the extraction, which can take hours
+    if len(train_classes) < 2:  # before the extraction, which can take hours
+        raise DataError(f"{train_dir} needs class sub-folders (<dir>/<class>/*.jpg), at least 2, to score "
+                        f"features by their labels; it has {len(train_classes)}")
+    if val_classes:
+        check_classes(train_classes, val_classes)
     model = load_backbone(args)
     train = extract_folder(args, model, train_dir, embed, "train")
     return train, align_classes(train.classes, extract_folder(args, model, val_dir, embed, "val"))

@@ -184,6 +184,9 @@ def knn_evaluate(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     if len(train_labels) != len(train_feats) or len(test_labels) != len(test_feats):
         raise DataError(f"{len(train_feats)} train / {len(test_feats)} test features but "
                         f"{len(train_labels)} / {len(test_labels)} labels")
+    if len(train_labels) and bool((train_labels == train_labels[0]).all()):  # every vote right: 100% says nothing
+        raise DataError("k-NN accuracy needs at least 2 classes among the train images: put them in class "
+                        "sub-folders (<dir>/<class>/*.jpg)")
     sims, index = knn_neighbors(train_feats, test_feats, max(ks), precision=precision, chunk_size=chunk_size)
     n_cls = _num_classes(num_classes, train_labels, test_labels)
     target = test_labels.to(index.device).view(-1, 1)

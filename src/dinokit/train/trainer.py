@@ -207,6 +207,8 @@ class Trainer:
         cfg = self.cfg
         if not self.main:
             return
+        if cfg.knn_every and cfg.knn_train_path and cfg.knn_val_path:  # bad folders fail now, not after an epoch
+            self._knn = OnlineKNN(cfg.knn_train_path, cfg.knn_val_path, cfg.global_crops_size, cfg.knn_k)
         try:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         except OSError as e:
@@ -404,13 +406,8 @@ class Trainer:
                 log.warning("epoch %d: %s", epoch, record[key])
 
     def _online_knn(self, epoch: int, final: bool) -> dict:
-        cfg = self.cfg
-        if not (cfg.knn_every and cfg.knn_train_path and cfg.knn_val_path and self.main):
+        if self._knn is None or not (final or (epoch + 1) % self.cfg.knn_every == 0):  # None: off, or not rank 0
             return {}
-        if not (final or (epoch + 1) % cfg.knn_every == 0):
-            return {}
-        if self._knn is None:
-            self._knn = OnlineKNN(cfg.knn_train_path, cfg.knn_val_path, cfg.global_crops_size, cfg.knn_k)
         result = self._knn(self.teacher.backbone)
         return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
 
