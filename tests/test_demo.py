@@ -37,7 +37,7 @@ def test_running_the_demo_again_evaluates_the_same_run(cifar_small, tmp_path, ca
     first = run_demo(str(tmp_path / "demo"), str(root), minutes=0.05)
     with caplog.at_level("INFO", logger="dinokit.demo"):
         again = run_demo(str(tmp_path / "demo"), str(root), minutes=0.05)
-    assert "held an earlier demo run" in caplog.text
+    assert "holds an earlier demo run: resuming it" in caplog.text
     assert again["knn_top1"] == first["knn_top1"]  # the same checkpoint, not a new run
     assert abs(again["minutes"] - first["minutes"]) < 0.05  # its training time, not the few seconds of this call
     assert json.loads((tmp_path / "demo" / "demo_result.json").read_text())["knn_top1"] == first["knn_top1"]
