@@ -285,3 +285,10 @@ def test_knn_on_folders_without_classes_stops_before_extraction(capsys, tmp_path
     rc, _, err = run(capsys, "knn", "--data_path", tmp_path, "--random_init", "--arch", "vit_tiny")
     assert rc == 2 and "needs class sub-folders (<dir>/<class>/*.jpg), at least 2" in err and "backbone" not in err
 
+
+def test_load_features_finds_npz_files_in_a_folder(capsys, tmp_path):
+    Features(torch.eye(4), torch.arange(4) % 2, classes=["a", "b"]).save(tmp_path / "train.npz")
+    Features(torch.eye(4)[:2], torch.tensor([0, 1]), classes=["a", "b"]).save(tmp_path / "val.npz")
+    rc, info, _ = run(capsys, "knn", "--load_features", tmp_path, "--nb_knn", "1")
+    assert rc == 0 and info["train"] == 4 and info["results"]["1"]["top1"] == 100.0
+

@@ -71,12 +71,18 @@ def load_feature_pair(paths: list[str]):
         if (folder / "trainfeat.pth").is_file():
             train, val = load_official_dump(folder)
         else:
-            train, val = load_features(folder / "train.pt"), load_features(folder / "val.pt")
+            train, val = (load_features(_feature_file(folder, split)) for split in ("train", "val"))
     else:
         raise ConfigError("--load_features takes a folder or two files (train, val)")
     if train.dim != val.dim:
         raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
     return train, align_classes(train.classes, val)
+
+
+def _feature_file(folder: Path, split: str) -> Path:
+    """``folder/split.pt``, or the ``.pth`` / ``.npz`` that ``extract --output`` may have written."""
+    found = [folder / f"{split}{ext}" for ext in (".pt", ".pth", ".npz") if (folder / f"{split}{ext}").is_file()]
+    return found[0] if found else folder / f"{split}.pt"  # missing: load_features names it
 
 
 def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: str = ""):
