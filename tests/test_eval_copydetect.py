@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,11 @@ def test_edited_copies_are_found_among_distractors(cifar_root, tmp_path):
     with pytest.raises(ConfigError):
         evaluate_copy_detection(vit, root / "query", root / "database",
                                 opts=CopyDetectOptions(imsize=96, match_prefix=3, gt_csv="x.csv"))
+    one = tmp_path / "one_image"
+    one.mkdir()
+    shutil.copy(next((root / "whitening").iterdir()), one)
+    with pytest.raises(DataError, match="whitening needs at least 2 images"):  # one direction of nothing
+        evaluate_copy_detection(vit, root / "query", root / "database", None, one, opts)
 
 
 def test_no_matching_names_fail_before_any_extraction(cifar_root, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ rows (file names, or paths relative to those folders; a header line is allowed).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from .transforms import SquareResize
 
 __all__ = ["GemEmbedding", "PCAWhitening", "match_by_name", "read_pairs_csv", "CopyDetectOptions",
            "copy_detection_map", "evaluate_copy_detection"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
         return found
 
     pairs(find_images(query_dir)[0], find_images(database_dir)[0])  # before hours of extraction
+    if whitening_dir and len(find_images(whitening_dir)[0]) < 2:
+        raise _too_few_for_whitening(len(find_images(whitening_dir)[0]))
     q_feats, q_paths = feats(query_dir, "queries")
     db_feats, db_paths = feats(database_dir, "database")
     n_originals = len(db_paths)
@@ -213,7 +218,23 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
     if distractors_dir:
         d_feats, d_paths = feats(distractors_dir, "distractors")
         db_feats, db_paths = torch.cat((db_feats, d_feats)), db_paths + d_paths
-    whitening = PCAWhitening().fit(feats(whitening_dir, "whitening")[0]) if whitening_dir else None
+    whitening = _fit_whitening(feats(whitening_dir, "whitening")[0]) if whitening_dir else None
     result = copy_detection_map(q_feats, db_feats, positives, whitening)
     return {**result, "database": len(db_paths), "distractors": len(db_paths) - n_originals,
             "whitened": whitening is not None}
+
+
+def _fit_whitening(feats: torch.Tensor) -> PCAWhitening:
+    """PCA whitening of ``feats [N, D]``; with N <= D it keeps N - 1 directions, which can score
+    below no whitening at all (the paper learns it on 20,000 images), so that is said."""
+    n, dim = feats.shape
+    if n < 2:
+        raise _too_few_for_whitening(n)
+    if n <= dim:
+        log.warning("whitening learned from %d images for %d-d features keeps %d directions and may score "
+                    "below no whitening: give more images than dimensions (the paper uses 20,000)", n, dim, n - 1)
+    return PCAWhitening().fit(feats)
+
+
+def _too_few_for_whitening(n: int) -> DataError:
+    return DataError(f"whitening needs at least 2 images (got {n}); the paper learns it on 20,000")
