@@ -106,8 +106,7 @@ def extract_pair(args: argparse.Namespace, embed=None):
     if len(train_classes) < 2:  # before the extraction, which can take hours
         raise DataError(f"{train_dir} needs class sub-folders (<dir>/<class>/*.jpg), at least 2, to score "
                         f"features by their labels; it has {len(train_classes)}")
-    if val_classes:
-        check_classes(train_classes, val_classes)
+    check_classes(train_classes, val_classes or [""])  # [""]: loose images, as find_images names them
     model = load_backbone(args)
     train = extract_folder(args, model, train_dir, embed, "train")
     return train, align_classes(train.classes, extract_folder(args, model, val_dir, embed, "val"))
