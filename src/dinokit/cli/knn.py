@@ -95,18 +95,27 @@ def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: st
                             progress=bar(desc) if bar else None)
 
 
-def extract_pair(args: argparse.Namespace, embed=None):
-    """Train and val Features of the image folders the flags name."""
+def labelled_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``split_folders``, checked before any extraction (which can take hours): at least 2 train
+    classes, and every val class among them."""
     from ..data import class_folders
     from ..errors import DataError
-    from ..eval.features import align_classes, check_classes
+    from ..eval.features import check_classes
 
     train_dir, val_dir = split_folders(args)
     train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
-    if len(train_classes) < 2:  # before the extraction, which can take hours
+    if len(train_classes) < 2:
         raise DataError(f"{train_dir} needs class sub-folders (<dir>/<class>/*.jpg), at least 2, to score "
                         f"features by their labels; it has {len(train_classes)}")
     check_classes(train_classes, val_classes or [""])  # [""]: loose images, as find_images names them
+    return train_dir, val_dir
+
+
+def extract_pair(args: argparse.Namespace, embed=None):
+    """Train and val Features of the image folders the flags name."""
+    from ..eval.features import align_classes
+
+    train_dir, val_dir = labelled_folders(args)
     model = load_backbone(args)
     train = extract_folder(args, model, train_dir, embed, "train")
     return train, align_classes(train.classes, extract_folder(args, model, val_dir, embed, "val"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from .argtypes import positive_float, positive_int
 from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, crop_size, embedding,
                       load_backbone)
-from .knn import extract_folder, extract_pair, load_feature_pair, split_folders
+from .knn import extract_folder, extract_pair, labelled_folders, load_feature_pair, split_folders
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _train(args, embed, config, on_epoch):
         train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)
         device = resolve_device(args.device)
         return train_linear(train, val, config, args.num_labels, device, on_epoch), len(train), len(val)
-    train_dir, val_dir = split_folders(args)
+    train_dir, val_dir = labelled_folders(args)
     train_images = ImageList.from_folder(train_dir)
     model = load_backbone(args)
     val = align_classes(train_images.classes, extract_folder(args, model, val_dir, embed, "val"))
