@@ -68,7 +68,7 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"lr": -0.001}, "--lr cannot be negative"),
     ({"num_workers": -1}, "--num_workers cannot be negative"),
     ({"clip_grad": -3}, "--clip_grad cannot be negative"),
-    ({"teacher_temp": 0}, "--teacher_temp must be a positive temperature"),
+    ({"teacher_temp": 0}, "--teacher_temp must be positive"),
     ({"drop_path_rate": 1.0}, r"--drop_path_rate must be in \[0, 1\)"),
     ({"log_every": 0}, "--log_every must be positive"),
     ({"center_momentum": 1.5}, "--center_momentum"),

@@ -99,8 +99,6 @@ class TrainConfig:
             problems.append(f"--precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
         if self.centering not in CENTERINGS:
             problems.append(f"--centering {self.centering!r} is not one of {', '.join(CENTERINGS)}")
-        if self.koleo_loss_weight < 0:
-            problems.append(f"--koleo_loss_weight must be >= 0, got {self.koleo_loss_weight}")
         if self.cache not in ("auto", "yes", "no"):
             problems.append(f"--cache {self.cache!r} is not one of auto, yes, no")
         if self.arch.startswith("vit"):
@@ -111,28 +109,16 @@ class TrainConfig:
         if not 0 <= self.global_crops_size_start <= self.global_crops_size:
             problems.append(f"--global_crops_size_start {self.global_crops_size_start}: use 0 (off) or a size "
                             f"up to --global_crops_size {self.global_crops_size}")
-        for name in ("batch_size_per_gpu", "out_dim", "patch_size", "global_crops_size", "local_crops_size"):
-            if getattr(self, name) <= 0:
-                problems.append(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("head_hidden_dim", "head_bottleneck_dim", "head_nlayers", "log_every", "knn_k", "dist_timeout_s"):
-            if getattr(self, name) <= 0:
-                problems.append(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "num_workers",
-                     "freeze_last_layer", "warmup_epochs", "warmup_teacher_temp_epochs", "saveckp_freq",
-                     "knn_every", "max_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"--{name} cannot be negative, got {getattr(self, name)}")
-        for name in ("teacher_temp", "warmup_teacher_temp"):
-            if getattr(self, name) <= 0:
-                problems.append(f"--{name} must be a positive temperature, got {getattr(self, name)}")
+        problems += [f"--{name} must be positive, got {getattr(self, name)}" for name in _POSITIVE
+                     if getattr(self, name) <= 0]
+        problems += [f"--{name} cannot be negative, got {getattr(self, name)}" for name in _NON_NEGATIVE
+                     if getattr(self, name) < 0]
         if not 0 <= self.drop_path_rate < 1:
             problems.append(f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0 <= self.center_momentum <= 1:
             problems.append(f"--center_momentum must be in [0, 1], got {self.center_momentum}")
         if self.epochs <= 0 and not self.time_budget:
             problems.append("--epochs must be positive (or give --time_budget)")
-        if self.local_crops_number < 0:
-            problems.append("--local_crops_number cannot be negative")
         if not 0 <= self.momentum_teacher <= self.momentum_teacher_end <= 1:
             problems.append(f"--momentum_teacher {self.momentum_teacher} and --momentum_teacher_end "
                             f"{self.momentum_teacher_end}: need 0 <= start <= end <= 1")
@@ -159,6 +145,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+
+# Range checks of TrainConfig.validate: flags that must be > 0, and flags that must be >= 0.
+_POSITIVE = ("batch_size_per_gpu", "out_dim", "patch_size", "global_crops_size", "local_crops_size",
+             "head_hidden_dim", "head_bottleneck_dim", "head_nlayers", "log_every", "knn_k", "dist_timeout_s",
+             "teacher_temp", "warmup_teacher_temp")
+_NON_NEGATIVE = ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "num_workers", "freeze_last_layer",
+                 "warmup_epochs", "warmup_teacher_temp_epochs", "saveckp_freq", "knn_every", "max_steps",
+                 "local_crops_number", "koleo_loss_weight")
 
 # Named recipes: "vits16" is the paper's ViT-S/16 run; "cifar" is sized for 32 px images (ViT-tiny/4).
 PRESETS: dict[str, dict[str, Any]] = {
