@@ -99,15 +99,10 @@ def labelled_folders(args: argparse.Namespace) -> tuple[Path, Path]:
     """``split_folders``, checked before any extraction (which can take hours): at least 2 train
     classes, and every val class among them."""
     from ..data import class_folders
-    from ..errors import DataError
     from ..eval.features import check_classes
 
     train_dir, val_dir = split_folders(args)
-    train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
-    if len(train_classes) < 2:
-        raise DataError(f"{train_dir} needs class sub-folders (<dir>/<class>/*.jpg), at least 2, to score "
-                        f"features by their labels; it has {len(train_classes)}")
-    check_classes(train_classes, val_classes or [""])  # [""]: loose images, as find_images names them
+    check_classes(class_folders(train_dir), class_folders(val_dir) or [""], str(train_dir))  # [""]: loose images
     return train_dir, val_dir
 
 

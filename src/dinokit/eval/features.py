@@ -101,8 +101,14 @@ class Features:
         return path
 
 
-def check_classes(train_classes: Sequence[str], val_classes: Sequence[str]) -> None:
-    """``DataError`` unless every val class (sub-folder name) is also a train class."""
+def check_classes(train_classes: Sequence[str], val_classes: Sequence[str], train_name: str = "the train folder"
+                  ) -> None:
+    """``DataError`` unless the train images have at least 2 classes (sub-folder names; with one,
+    every vote is right and 100% says nothing) and every val class is one of them."""
+    named = [c for c in train_classes if c]
+    if len(named) < 2:
+        raise DataError(f"{train_name} needs class sub-folders (<dir>/<class>/*.jpg), at least 2, to score "
+                        f"features by their labels; it has {len(named)}")
     if "" in train_classes or "" in val_classes:
         raise DataError("train and val folders need the same layout: class sub-folders in both, or in neither")
     missing = [c for c in val_classes if c not in train_classes]
@@ -124,10 +130,10 @@ def align_classes(train_classes: Sequence[str], val: Features) -> Features:
                                classes=list(train_classes))
 
 
-def class_index(train_classes: Sequence[str], val_classes: Sequence[str]) -> torch.Tensor:
+def class_index(train_classes: Sequence[str], val_classes: Sequence[str], train_name: str = "the train folder"
+                ) -> torch.Tensor:
     """``[len(val_classes)]``: the train label of each val class, matched by name (checked)."""
-    if list(val_classes) != list(train_classes):
-        check_classes(train_classes, val_classes)
+    check_classes(train_classes, val_classes, train_name)
     return torch.tensor([list(train_classes).index(c) for c in val_classes], dtype=torch.long)
 
 

@@ -23,9 +23,7 @@ def decode_pair(train_root: str, val_root: str, transform: EvalTransform
     """Every readable image of two class folders preprocessed, ``(train_x, train_y, val_x, val_y)``
     (images ``[N, 3, H, W]`` float), val labels matched to the train classes by folder name."""
     train, val = ImageList.from_folder(train_root), ImageList.from_folder(val_root)
-    if len(train.classes) < 2:  # one class: every vote is right, 100% says nothing
-        raise DataError(f"k-NN needs class sub-folders in {train_root} (<dir>/<class>/*.jpg), at least 2")
-    index = class_index(train.classes, val.classes)  # checked before anything is decoded
+    index = class_index(train.classes, val.classes, f"the k-NN train folder {train_root}")  # checked before decoding
     train_x, train_y = _decode(train, transform)
     val_x, val_y = _decode(val, transform)
     return train_x, train_y, val_x, index[val_y]
