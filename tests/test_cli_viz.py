@@ -42,6 +42,9 @@ def test_attention_single_image(weights, cats, tmp_path, capsys):
         assert Image.open(tmp_path / name).size == (48, 48), name  # 32 px image, shorter side to 48
     mask = np.asarray(Image.open(tmp_path / "mask-head0.png"))
     assert set(np.unique(mask)) <= {0, 255} and (mask > 0).any()
+    assert main(["attention", "--pretrained", str(weights), "--image", str(image), "--output_dir",
+                 str(tmp_path / "kept"), "--image_size", "0"]) == 0  # 0: the image's own size
+    assert Image.open(tmp_path / "kept" / "attn-mean.png").size == (32, 32)
 
 
 def test_attention_folder_and_jaccard(weights, cats, tmp_path, capsys):

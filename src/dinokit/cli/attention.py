@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .argtypes import positive_int
+from .argtypes import natural_int, positive_int
 from ..errors import ConfigError, DataError
 
 # Release weights used when --pretrained_weights is not given, as in the official script.
@@ -74,7 +74,7 @@ def register(sub) -> None:
                                    "mask-mean.png, mask-overlay.png.")
     add_model_flags(p)
     p.add_argument("--image_path", "--image", required=True, help="an image, or a folder of images")
-    p.add_argument("--image_size", type=positive_int, nargs="+", default=[480, 480],
+    p.add_argument("--image_size", type=natural_int, nargs="+", default=[480, 480],
                    help="resize to H W (default 480 480), one value: shorter side, 0: keep size")
     p.add_argument("--output_dir", default=".", help="where to save (one sub-folder per image for a folder)")
     add_threshold_flag(p)

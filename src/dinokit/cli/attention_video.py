@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .argtypes import positive_float, positive_int
+from .argtypes import natural_int, positive_float, positive_int
 from .attention import add_model_flags, add_threshold_flag, check_threshold, image_size_arg, load_vit
 
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--output", "--output_path", required=True, help="out.gif or out.mp4")
     p.add_argument("--fps", type=positive_float, default=None, help="frame rate (default: the input's, 10 for frames)")
     add_threshold_flag(p)
-    p.add_argument("--image_size", "--resize", type=positive_int, nargs="+", default=None,
+    p.add_argument("--image_size", "--resize", type=natural_int, nargs="+", default=None,
                    help="resize frames to H W, or one value: shorter side (default: keep)")
     p.add_argument("--max_frames", type=positive_int, default=None, help="stop after this many frames")
     p.set_defaults(func=run)

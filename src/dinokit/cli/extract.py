@@ -61,15 +61,19 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
                    help="shortcut setting --resize and --crop to the same value (32 for CIFAR)")
 
 
+def image_sizes(args: argparse.Namespace) -> tuple[int, int]:
+    """``(resize, crop)`` of the flags: ``--image_size`` for both, else 256 / 224 unless given."""
+    return (args.image_size, args.image_size) if args.image_size else (args.resize or 256, args.crop or 224)
+
+
 def image_transform(args: argparse.Namespace):
     from ..data import EvalTransform
 
-    resize, crop = (args.image_size, args.image_size) if args.image_size else (args.resize or 256, args.crop or 224)
-    return EvalTransform(resize, crop)
+    return EvalTransform(*image_sizes(args))
 
 
 def crop_size(args: argparse.Namespace) -> int:
-    return args.image_size or args.crop or 224
+    return image_sizes(args)[1]
 
 
 def progress(args: argparse.Namespace):
