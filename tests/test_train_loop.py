@@ -86,7 +86,8 @@ def test_resume_with_other_shapes_is_a_clear_error_that_keeps_the_checkpoint(cif
     saved = (tmp_path / "checkpoint.pth").read_bytes()
     for change, named in (({"out_dim": 512}, "--out_dim 256 -> 512"),
                           ({"optimizer": "sgd"}, "--optimizer adamw -> sgd"),
-                          ({"arch": "vit_small"}, "--arch vit_tiny -> vit_small")):
+                          ({"arch": "vit_small"}, "--arch vit_tiny -> vit_small"),
+                          ({"global_crops_size": 48, "canvas_size": 48}, "--global_crops_size 32 -> 48")):
         with pytest.raises(CheckpointError, match=f"cannot resume .*{named}.*new --output_dir") as err:
             train(tiny_config(train_dir, tmp_path, saveckp_freq=0, **change))
         assert "\n" not in str(err.value)

@@ -3,6 +3,7 @@ old one, so a reader only ever sees a complete file."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -109,12 +110,16 @@ def load_for_resume(output_dir: str | os.PathLike) -> dict | None:
 
 
 # Flags that decide the shapes of the networks and of the optimizer state: a checkpoint only fits
-# a run with the same values.
+# a run with the same values. A ViT's position embedding is built for --global_crops_size too.
 SHAPE_FLAGS = ("arch", "patch_size", "out_dim", "use_bn_in_head", "norm_last_layer", "optimizer")
+VIT_SHAPE_FLAGS = SHAPE_FLAGS + ("global_crops_size",)
 
 
-def flag_changes(saved: dict | None, current: dict) -> list[str]:
-    """``--out_dim 1024 -> 2048`` for each shape-deciding flag that differs from the saved run's."""
+def flag_changes(saved: dict | argparse.Namespace | None, current: dict) -> list[str]:
+    """``--out_dim 1024 -> 2048`` for each shape-deciding flag that differs from the saved run's
+    (``saved``: a dinokit checkpoint's dict or the release's Namespace of flags)."""
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     if not isinstance(saved, dict):
         return []
-    return [f"--{k} {saved[k]} -> {current.get(k)}" for k in SHAPE_FLAGS if k in saved and saved[k] != current.get(k)]
+    flags = VIT_SHAPE_FLAGS if str(current.get("arch", "")).startswith("vit") else SHAPE_FLAGS
+    return [f"--{k} {saved[k]} -> {current.get(k)}" for k in flags if k in saved and saved[k] != current.get(k)]

@@ -150,8 +150,6 @@ class Trainer:
             self._load_state(ckpt)
         except (ValueError, RuntimeError, KeyError) as e:  # what torch raises for state that does not fit
             detail = " ".join(" ".join(str(e).split("\n", 2)[:2]).split()).rstrip(".")  # heading, first cause
-            if "pos_embed" in detail:  # the ViT is built for --global_crops_size; the release's for 224 px
-                detail += " (the run trained with another --global_crops_size)"
             raise CheckpointError(f"{where}: {detail}. {advice}") from None
         self.start_epoch = int(ckpt["epoch"])
         self.start_iter = int(ckpt.get("iter_in_epoch", 0))
