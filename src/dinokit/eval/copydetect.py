@@ -209,8 +209,8 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
         return found
 
     pairs(find_images(query_dir)[0], find_images(database_dir)[0])  # before hours of extraction
-    if whitening_dir and len(find_images(whitening_dir)[0]) < 2:
-        raise _too_few_for_whitening(len(find_images(whitening_dir)[0]))
+    if whitening_dir and len(whitening_files := find_images(whitening_dir)[0]) < 2:
+        raise _too_few_for_whitening(len(whitening_files))
     q_feats, q_paths = feats(query_dir, "queries")
     db_feats, db_paths = feats(database_dir, "database")
     n_originals = len(db_paths)
