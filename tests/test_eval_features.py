@@ -141,6 +141,15 @@ def test_feature_files_round_trip(tmp_path, suffix):
     (tmp_path / f"bad{suffix}").write_bytes(b"garbage")
     with pytest.raises(DataError):
         load_features(tmp_path / f"bad{suffix}")
+    # Arrays made elsewhere (NumPy, float64, lists) become float32 / int64 tensors; a label short is named.
+    made = Features(feats.features.double().numpy(), feats.labels.tolist())
+    assert made.features.dtype == torch.float32 and made.labels.dtype == torch.int64
+    torch.testing.assert_close(made.features, feats.features)
+    with pytest.raises(DataError, match="and 4 labels"):
+        Features(feats.features, feats.labels[:4])
+    torch.save({"features": feats.features, "labels": feats.labels[:4]}, tmp_path / "short.pt")
+    with pytest.raises(DataError, match="short.pt: features must be"):
+        load_features(tmp_path / "short.pt")
 
 
 def test_official_dump_folder(tmp_path):

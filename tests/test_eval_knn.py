@@ -162,3 +162,11 @@ def test_raw_pixels_on_real_cifar_beat_chance(cifar_root):
     assert res[20]["top5"] > 55.0
     assert res[20] == knn_evaluate(train.features, train.labels, test.features, test.labels, ks=(20,),
                                    precision="fp32")[20]
+    # Features saved as .npz come back as NumPy arrays: the same numbers, whatever the container.
+    as_numpy = knn_classify(train.features.numpy(), train.labels.numpy(), test.features.numpy(),
+                            test.labels.numpy().astype(np.float64), k=20)
+    assert as_numpy == res[20]
+    assert knn_predict(train.features.numpy(), train.labels.tolist(), test.features.numpy()).tolist() == \
+        knn_predict(train.features, train.labels, test.features).tolist()
+    with pytest.raises(DataError, match="whole numbers"):
+        knn_classify(train.features, train.labels + 0.5, test.features, test.labels)

@@ -78,6 +78,13 @@ class Features:
     classes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self):  # NumPy arrays or lists, e.g. features computed elsewhere
+        self.features = torch.as_tensor(self.features, dtype=torch.float32)
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        if self.features.ndim != 2 or len(self.labels) != len(self.features):
+            raise DataError(f"features must be [N, D] with N labels, got features {tuple(self.features.shape)} "
+                            f"and {len(self.labels)} labels")
+
     def __len__(self) -> int:
         return self.features.shape[0]
 
@@ -147,12 +154,12 @@ def load_features(path: str | os.PathLike) -> Features:
         d = {"features": d}
     if not isinstance(d, dict) or "features" not in d:
         raise DataError(f"{path} holds no 'features' entry")
-    feats = d["features"].float()
-    labels = d.get("labels")
-    labels = torch.zeros(len(feats), dtype=torch.long) if labels is None else labels.long()
-    if feats.ndim != 2 or len(labels) != len(feats):
-        raise DataError(f"{path}: features {tuple(feats.shape)} and labels {tuple(labels.shape)} do not match")
-    return Features(feats, labels, list(d.get("paths", [])), list(d.get("classes", [])))
+    feats, labels = d["features"], d.get("labels")
+    try:
+        labels = torch.zeros(len(feats), dtype=torch.long) if labels is None else labels
+        return Features(feats, labels, list(d.get("paths", [])), list(d.get("classes", [])))
+    except (DataError, TypeError, ValueError, RuntimeError) as e:  # not numbers, or shapes that do not match
+        raise DataError(f"{path}: {e}") from None
 
 
 def _load_npz(path: Path) -> dict:

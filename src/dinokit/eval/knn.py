@@ -40,6 +40,7 @@ def knn_neighbors(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, *
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
+    train_feats, test_feats = torch.as_tensor(train_feats), torch.as_tensor(test_feats)
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
         raise DataError(f"feature shapes do not match: train {tuple(train_feats.shape)}, "
                         f"test {tuple(test_feats.shape)}")
@@ -159,6 +160,14 @@ def knn_votes(sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tenso
         1, labels, weights)
 
 
+def _labels(labels) -> torch.Tensor:
+    """Integer class labels ``[N]`` from a tensor, a NumPy array or a list."""
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise DataError("class labels must be whole numbers")
+    return labels.long()
+
+
 def _num_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
     return num_classes or int(max(int(lab.max()) for lab in labels if len(lab))) + 1
 
@@ -166,6 +175,7 @@ def _num_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
                 T: float = 0.07, num_classes: int | None = None, *, precision: str = "auto") -> torch.Tensor:
     """Predicted class ``[M]`` of each test row (the class with the largest weighted vote)."""
+    train_labels = _labels(train_labels)
     sims, index = knn_neighbors(train_feats, test_feats, k, precision=precision)
     return knn_votes(sims, index, train_labels, _num_classes(num_classes, train_labels), T).argmax(dim=1)
 
@@ -179,8 +189,9 @@ def knn_evaluate(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     ``train_feats [N, D]``, ``train_labels [N]`` int, ``test_feats [M, D]``, ``test_labels [M]``.
     Top-5 counts the first ``min(5, k)`` predicted classes, as the release does, among those that
     received votes (the release also counted vote-less classes in arbitrary order when ``k < 5``
-    neighbours covered fewer than 5 classes).
+    neighbours covered fewer than 5 classes). NumPy arrays and lists are accepted too.
     """
+    train_labels, test_labels = _labels(train_labels), _labels(test_labels)
     if len(train_labels) != len(train_feats) or len(test_labels) != len(test_feats):
         raise DataError(f"{len(train_feats)} train / {len(test_feats)} test features but "
                         f"{len(train_labels)} / {len(test_labels)} labels")
