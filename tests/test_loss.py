@@ -47,6 +47,10 @@ def test_teacher_temperature_schedule():
     sched = loss_fn.teacher_temp_schedule
     assert len(sched) == 100 and sched[0] == pytest.approx(0.04) and sched[29] == pytest.approx(0.07)
     assert np.all(sched[30:] == 0.07)
+    # A fractional epoch (epoch + it / niter) is the epoch it is in; before 0 the first value.
+    assert loss_fn.scheduled_teacher_temp(9.99) == loss_fn.scheduled_teacher_temp(9) == pytest.approx(sched[9])
+    assert loss_fn.scheduled_teacher_temp(-1) == pytest.approx(0.04)
+    assert DINOLoss(8, 2, 0.04, 0.07, 0, 0).scheduled_teacher_temp(3) == 0.07  # empty schedule
 
 
 @pytest.mark.parametrize("student_rows, teacher_rows, dim, match", [

@@ -47,6 +47,7 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.teacher_temp_schedule = teacher_temp_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+        self.final_teacher_temp = teacher_temp
 
     def teacher_probs(self, teacher_output: torch.Tensor, temp: float) -> torch.Tensor:
         """Centred, sharpened teacher distribution ``[2*B, K]`` (float32, no gradient)."""
@@ -59,12 +60,20 @@ class DINOLoss(nn.Module):
                 return_targets: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The loss; with ``return_targets`` also the teacher targets ``[2*B, K]`` it used."""
         self._check_shapes(student_output, teacher_output)
-        if teacher_temp is None:  # past the schedule's end: its final temperature
-            teacher_temp = float(self.teacher_temp_schedule[min(epoch, len(self.teacher_temp_schedule) - 1)])
+        if teacher_temp is None:
+            teacher_temp = self.scheduled_teacher_temp(epoch)
         q = self.teacher_probs(teacher_output, teacher_temp)
         loss = self.cross_entropy(student_output, q)
         self.update_center(teacher_output)
         return (loss, q) if return_targets else loss
+
+    def scheduled_teacher_temp(self, epoch: float) -> float:
+        """The schedule's temperature at ``epoch`` (a fraction counts as the epoch it is in; past the end,
+        or for an empty schedule, the final temperature)."""
+        schedule = self.teacher_temp_schedule
+        if len(schedule) == 0:
+            return self.final_teacher_temp
+        return float(schedule[min(max(int(epoch), 0), len(schedule) - 1)])
 
     def _check_shapes(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
         """Crops x batch rows that agree: a mismatch would otherwise pair the wrong rows silently."""
