@@ -160,7 +160,14 @@ def test_cli_help_and_info(tmp_path):
     torch.save(vit_tiny(patch_size=16).state_dict(), tmp_path / "w.pth")
     out = subprocess.run([sys.executable, "-m", "dinokit", "info", str(tmp_path / "w.pth")],
                          capture_output=True, text=True, check=True).stdout
-    assert "VisionTransformer 192-d, patch 16" in out and "5.5" in out
+    assert "vit_tiny/16, 192-d features" in out and "5.5" in out and "trained" not in out
+    # A full checkpoint of the release: its Namespace of flags says how it was trained.
+    flags = Namespace(arch="vit_tiny", patch_size=16, data_path="/data/imagenet/train", epochs=100)
+    sd = {f"module.backbone.{k}": v for k, v in vit_tiny(patch_size=16).state_dict().items()}
+    torch.save({"teacher": sd, "student": sd, "epoch": 3, "args": flags}, tmp_path / "full.pth")
+    out = subprocess.run([sys.executable, "-m", "dinokit", "info", str(tmp_path / "full.pth")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "epoch        : 3" in out and "trained      : on /data/imagenet/train, 100 epochs" in out
     bad = subprocess.run([sys.executable, "-m", "dinokit", "info", str(tmp_path / "nope.pth")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.pth" in bad.stderr

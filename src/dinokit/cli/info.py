@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained
-    from ..models.pretrained import _resolve, load_checkpoint_file
+    from ..models.pretrained import _resolve, backbone_state_dict, infer_arch, load_checkpoint_file
 
     path = _resolve(args.weights)
     ckpt = None if str(path).endswith(".npz") else load_checkpoint_file(path)
@@ -29,10 +29,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
     if "epoch" in ckpt:
         print(f"epoch        : {ckpt['epoch']}")
-    print(f"architecture : {type(model).__name__} "
-          f"{getattr(model, 'embed_dim', '')}-d, patch {getattr(model, 'patch_size', '-')}")
+    arch, patch, _ = infer_arch(backbone_state_dict(ckpt, args.checkpoint_key))
+    print(f"architecture : {arch}{f'/{patch}' if patch else ''}, {getattr(model, 'embed_dim', '?')}-d features")
     print(f"parameters   : {n_params / 1e6:.2f} M")
+    training = _training_summary(ckpt.get("args"), ckpt.get("elapsed_s"))
+    if training:
+        print(f"trained      : {training}")
     return 0
+
+
+def _training_summary(flags, elapsed_s) -> str:
+    """Preset, data, crops and time of a training checkpoint's flags (dinokit's dict or the
+    release's Namespace); empty for backbone-only files."""
+    flags = vars(flags) if isinstance(flags, argparse.Namespace) else flags
+    if not isinstance(flags, dict):
+        return ""
+    parts = [f"preset {flags['preset']}"] if flags.get("preset") else []
+    if flags.get("data_path"):
+        parts.append(f"on {flags['data_path']}")
+    size, n_local = flags.get("global_crops_size"), flags.get("local_crops_number")
+    if size:
+        local = f" + {n_local} x {flags.get('local_crops_size', 96)} px" if n_local else ""
+        parts.append(f"crops 2 x {size} px{local}")
+    if flags.get("time_budget"):
+        parts.append(f"time budget {flags['time_budget']}")
+    elif flags.get("epochs"):
+        parts.append(f"{flags['epochs']} epochs")
+    if isinstance(elapsed_s, (int, float)):
+        parts.append(f"{elapsed_s / 60:.1f} min of training")
+    return ", ".join(parts)
 
 
 def _describe_features(path) -> int:
