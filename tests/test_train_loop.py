@@ -62,11 +62,17 @@ def test_training_writes_official_checkpoint_and_logs(cifar_small, tmp_path):
     assert backbone.patch_size == 8 and backbone(torch.randn(2, 3, 32, 32)).shape == (2, 192)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(cifar_small, tmp_path):
+def test_interrupted_run_resumes_to_the_same_weights(cifar_small, tmp_path, caplog):
     train_dir, _ = cifar_small
     full = tiny_config(train_dir, tmp_path / "full", saveckp_freq=0)
     train(full)
     reference = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    # The same command on a finished run trains nothing, says so, and leaves the checkpoint alone.
+    with caplog.at_level(logging.INFO, logger="dinokit"):
+        assert train(full)["epochs"] == 2
+    assert "has finished its schedule (epoch 2" in caplog.text and "a larger --epochs" in caplog.text
+    assert torch.equal(torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)["teacher"][
+        "backbone.cls_token"], reference["teacher"]["backbone.cls_token"])
     # Stop mid-epoch 0 (as a signal would), then run the same command again.
     part = tiny_config(train_dir, tmp_path / "part", saveckp_freq=0, max_steps=7)
     train(part)

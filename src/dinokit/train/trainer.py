@@ -211,9 +211,9 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         except OSError as e:
             raise DinokitError(f"cannot write to the output folder {str(self.out)!r}: {e.strerror or e}") from None
-        log.info("training %s/%d on %d images (%s, %s), %d iterations per epoch, output in %s",
-                 cfg.arch, cfg.patch_size, self.data.usable_images, self.device, self.precision,
-                 len(self.data), self.out)
+        arch = f"{cfg.arch}/{cfg.patch_size}" if cfg.arch.startswith("vit") else cfg.arch
+        log.info("training %s on %d images (%s, %s), %d iterations per epoch, output in %s",
+                 arch, self.data.usable_images, self.device, self.precision, len(self.data), self.out)
 
     def _epochs(self) -> tuple[int, dict, float]:
         """Train from the resumed position to the end; ``(epoch reached, last stats, elapsed s)``."""
@@ -221,6 +221,9 @@ class Trainer:
         t0 = time.monotonic() - self.elapsed_before
         epoch, stats = self.start_epoch, {}
         elapsed = self._agree(time.monotonic() - t0)[1]
+        if self.sched.finished(epoch, elapsed) and self.main:
+            log.info("the run in %s has finished its schedule (epoch %d, %.1f min of training): nothing left "
+                     "to train; a larger --epochs or --time_budget continues it", self.out, epoch, elapsed / 60)
         while not self.sched.finished(epoch, elapsed):
             stats = self.train_one_epoch(epoch, t0, elapsed)
             self.skipped.add(self.data.bad_files())
