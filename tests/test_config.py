@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from dinokit.cli.main import build_parser
+from dinokit.cli.main import build_parser, main
 from dinokit.cli.train import config_from_args
 from dinokit.errors import ConfigError
 from dinokit.train.config import PRESETS, TrainConfig, load_config, parse_duration
@@ -37,7 +37,7 @@ def test_official_defaults():
 
 
 def test_train_help_shows_each_default_once():
-    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    train_parser = build_parser().commands["train"]
     text = " ".join(train_parser.format_help().split())
     assert "--teacher_temp TEACHER_TEMP teacher temperature after warm-up (default: 0.04) --warmup" in text
     assert "default: None" not in text
@@ -129,6 +129,20 @@ def test_cli_reports_bad_flag_in_one_line(tmp_path):
                             str(tmp_path / "images"), "--output_dir", str(tmp_path / out)], capture_output=True,
                            text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_misspelt_flags_name_the_command_and_the_closest_flag(capsys):
+    assert main(["retrieve", "--query_dir", "q", "--gallery", "g"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == ("dinokit retrieve: error: unrecognized arguments: --query_dir q "
+                   "(did you mean --query for --query_dir?)")
+    assert main(["train", "--teacher_temperature=0.07"]) == 2
+    assert "(did you mean --teacher_temp for --teacher_temperature?)" in capsys.readouterr().err
+    # The release's launcher, python -m torch.distributed.launch, passes --local-rank=N.
+    assert parse("--local-rank=1").local_rank == 1 and parse("--local_rank", "2").local_rank == 2
+    # It puts the flag first, before the command: the command still gets it (then stops at the data).
+    assert main(["--local-rank=0", "train", "--data_path", "/nonexistent/images"]) == 2
+    assert "data folder '/nonexistent/images' does not exist" in capsys.readouterr().err
 
 
 def test_config_round_trip():

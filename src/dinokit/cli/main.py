@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -21,7 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__package__}.{name.replace('-', '_')}").register(sub)
+    parser.commands = sub.choices  # command name -> its parser, for errors in that command's words
     return parser
+
+
+def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's message for flags it does not know, with the closest known flag of each."""
+    known = [o for action in parser._actions for o in action.option_strings]
+    guesses = {flag: difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+               for flag in (e.split("=", 1)[0] for e in extra if e.startswith("--"))}
+    hints = [f"{flag} after the command name" if g[0] == flag else f"{g[0]} for {flag}"
+             for flag, g in guesses.items() if g]
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {', '.join(hints)}?)" if hints else "")
 
 
 def _version() -> str:
@@ -32,8 +44,14 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith(("--local-rank=", "--local_rank=")):
+        argv.append(argv.pop(0))  # torch.distributed.launch puts it before the command
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            command = parser.commands.get(args.command, parser)
+            command.error(_unrecognized(extra, command))
     except SystemExit as e:  # a usage error or --help: a return code for callers of main(), as for run errors
         return int(e.code or 0)
     if not getattr(args, "func", None):

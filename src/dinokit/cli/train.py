@@ -62,7 +62,9 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls) -> None:
             kw.update(type=float, nargs=2, metavar=("MIN", "MAX"))
         else:
             kw.update(type=typ)
-        p.add_argument(f"--{f.name}", **kw)
+        # torch.distributed.launch (the release's launcher) passes --local-rank=N since torch 2.0.
+        aliases = ["--local-rank"] if f.name == "local_rank" else []
+        p.add_argument(f"--{f.name}", *aliases, dest=f.name, **kw)
 
 
 def register(sub) -> None:
