@@ -25,7 +25,7 @@ from PIL import Image
 
 from dinokit.cli.main import main
 from dinokit.errors import DinokitError
-from dinokit.models import load_pretrained
+from dinokit.models import build_backbone, load_pretrained
 from dinokit.models.pretrained import CheckpointError
 from dinokit.train import load_config
 from dinokit.train import checkpoint as ckpt_mod
@@ -459,6 +459,21 @@ def test_a_slurm_task_started_without_srun_says_so_instead_of_hanging(monkeypatc
         init_distributed(torch.device("cpu"), timeout_s=2)
     assert time.monotonic() - t0 < 30
     assert "process 0/2 waiting for the others at 127.0.0.1" in caplog.text and "srun" in caplog.text
+
+
+def test_evaluation_under_a_launcher_runs_once_in_process_0(monkeypatch, tmp_path, capsys, caplog):
+    torch.save(build_backbone("vit_tiny", 16).state_dict(), tmp_path / "w.pth")
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["info", str(tmp_path / "w.pth")]) == 0
+    assert capsys.readouterr().out == ""  # process 1 leaves without doing the work
+    monkeypatch.setenv("RANK", "0")
+    with caplog.at_level("WARNING", logger="dinokit"):
+        assert main(["info", str(tmp_path / "w.pth")]) == 0
+    assert "vit_tiny/16" in capsys.readouterr().out and "runs in one process" in caplog.text
+    assert "WORLD_SIZE" not in os.environ  # so what it runs (the demo's training) does not wait for peers
 
 
 # ------------------------------------------------------------------------------- 6. untrusted files

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import DinokitError
@@ -13,6 +14,7 @@ from ..errors import DinokitError
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
 COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report",
             "extract", "knn", "linear", "retrieve", "copydetect", "videoseg"]
+DISTRIBUTED = {"train"}  # the one command that runs across all launched processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"{__package__}.{name.replace('-', '_')}").register(sub)
     parser.commands = sub.choices  # command name -> its parser, for errors in that command's words
     return parser
+
+
+def _launched_rank() -> tuple[int, int]:
+    """``(rank, processes)`` a launcher (torchrun, torch.distributed.launch, srun) started us as."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1))
+
+
+def _one_process_only(command: str) -> bool:
+    """Evaluation commands run in one process: under a launcher, process 0 works and the others
+    leave at once (rather than all repeating the work and writing the same files)."""
+    rank, world = _launched_rank()
+    if world > 1 and rank == 0:
+        logging.getLogger("dinokit").warning(
+            "%d processes (launcher environment): `dinokit %s` runs in one process; process 0 works and any "
+            "others leave at once", world, command)
+        for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):  # so the demo's training
+            os.environ.pop(name, None)                                       # does not wait for the others
+    return rank > 0
 
 
 def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
@@ -57,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command not in DISTRIBUTED and _one_process_only(args.command):
+        return 0
     try:
         return int(args.func(args) or 0)
     except DinokitError as e:

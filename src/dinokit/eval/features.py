@@ -121,7 +121,7 @@ def check_classes(train_classes: Sequence[str], val_classes: Sequence[str], trai
     missing = [c for c in val_classes if c not in train_classes]
     if missing:
         raise DataError(f"val classes without a train folder: {', '.join(missing[:5])}"
-                        f"{' ...' if len(missing) > 5 else ''}; a probe can only predict the train classes")
+                        f"{' ...' if len(missing) > 5 else ''}; a classifier can only predict the train classes")
 
 
 def align_classes(train_classes: Sequence[str], val: Features) -> Features:
