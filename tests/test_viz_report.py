@@ -115,6 +115,7 @@ def test_report_with_missing_pieces_is_notes_not_a_crash(tmp_path):
     (run / "log.txt").unlink()
     text = write_report(run).read_text()  # a run that has written only its config.yaml
     assert "no log.txt yet" in text and "<img" not in text
+    assert write_report(run / "config.yaml") == run / "report.html"  # a file of the run names its folder
     (run / "config.yaml").unlink()
     with pytest.raises(DataError, match="not a training run's --output_dir"):
         write_report(run)

@@ -381,6 +381,8 @@ def write_report(output_dir: str | os.PathLike, attention_images: int = 4) -> Pa
     from ..errors import DataError
 
     root = Path(output_dir)
+    if root.is_file():  # a run's checkpoint.pth or log.txt: its folder is meant
+        root = root.parent
     if not root.is_dir():
         raise DataError(f"run directory {str(root)!r} does not exist")
     if not any((root / name).is_file() for name in RUN_FILES):
