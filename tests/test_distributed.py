@@ -3,8 +3,10 @@ Sinkhorn-Knopp balances over both ranks."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -63,3 +65,37 @@ def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path, budge
     torch.testing.assert_close(torch.cat((r0["sk_rows"], r1["sk_rows"])), whole)
     assert not torch.allclose(sinkhorn_knopp(sk_logits()[:3], 0.1), whole[:3], atol=1e-3)
     assert (tmp_path / "checkpoint.pth").exists() and not (tmp_path / "rank1" / "checkpoint.pth").exists()
+
+
+def knn_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from dinokit.cli.main import main
+    with open(os.path.join(out, f"stdout{rank}.txt"), "w") as sys.stdout:
+        assert main(argv) == 0
+
+
+def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_small, tmp_path, capsys):
+    import shutil
+    from dinokit.cli.main import main
+    train_dir, test_dir = tmp_path / "train", cifar_small[1]
+    shutil.copytree(cifar_small[0], train_dir)
+    (train_dir / "airplane" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped by whichever rank reads it
+    argv = ["knn", "--train_path", str(train_dir), "--val_path", str(test_dir), "--random_init", "--arch",
+            "vit_tiny", "--patch_size", "8", "--image_size", "32", "--nb_knn", "5", "20", "--num_workers", "0",
+            "--device", "cpu", "--quiet"]
+    assert main([*argv, "--dump_features", str(tmp_path / "one")]) == 0
+    one = capsys.readouterr().out.splitlines()[-1]
+    mp.spawn(knn_worker, args=(2, free_port(), [*argv, "--dump_features", str(tmp_path / "two")], str(tmp_path)),
+             nprocs=2, join=True)
+    assert (tmp_path / "stdout1.txt").read_text() == ""  # process 1 helped extract, reports nothing
+    two = (tmp_path / "stdout0.txt").read_text().splitlines()[-1]
+    assert json.loads(two)["results"] == json.loads(one)["results"]
+    for split in ("train", "val"):
+        a, b = (torch.load(tmp_path / run / f"{split}.pt", weights_only=True) for run in ("one", "two"))
+        assert a["paths"] == b["paths"] and torch.equal(a["labels"], b["labels"])  # the same rows, in order
+        torch.testing.assert_close(a["features"], b["features"])
+    assert len(a["paths"]) == 100 and len(torch.load(tmp_path / "two" / "train.pt")["paths"]) == 300
+    assert "broken.jpg" not in str(torch.load(tmp_path / "two" / "train.pt")["paths"])
+    assert one.startswith('{"command": "knn", "train": 300, "val": 100')

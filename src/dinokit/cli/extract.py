@@ -150,6 +150,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.features import extract_features
     from ..outputs import output_file
+    from ..train.distributed import is_main
 
     embed = embedding(args)
     start = time.perf_counter()
@@ -158,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
     bar = progress(args)
     feats = extract_features(model, args.data_path, embed,
                              image_transform(args), batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
-                             precision=args.precision, progress=bar("extract") if bar else None)
+                             precision=args.precision, progress=bar("extract") if bar else None,
+                             distributed=True)
+    if not is_main():  # under torchrun the others helped; process 0 writes the file
+        return 0
     path = feats.save(args.output)
     print(f"{len(feats)} images -> {feats.dim}-d features in {path} ({len(feats.skipped)} skipped)")
     print(json.dumps({"command": "extract", "output": str(path), "images": len(feats), "dim": feats.dim,

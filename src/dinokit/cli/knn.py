@@ -92,7 +92,7 @@ def extract_folder(args: argparse.Namespace, model, folder, embed=None, desc: st
     bar = progress(args)
     return extract_features(model, folder, embed, image_transform(args), batch_size=args.batch_size_per_gpu,
                             num_workers=args.num_workers, precision=args.precision,
-                            progress=bar(desc) if bar else None)
+                            progress=bar(desc) if bar else None, distributed=True)
 
 
 def labelled_folders(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.knn import knn_evaluate
     from ..outputs import output_folder
     from ..runtime import resolve_device
+    from ..train.distributed import is_main
 
     start = time.perf_counter()
     if args.dump_features:
@@ -128,9 +129,11 @@ def run(args: argparse.Namespace) -> int:
         train, val = load_feature_pair(args.load_features)
     else:
         train, val = extract_pair(args)
-        if args.dump_features:
-            train.save(Path(args.dump_features) / "train.pt")
-            val.save(Path(args.dump_features) / "val.pt")
+    if not is_main():  # under torchrun the others helped extract; process 0 searches and reports
+        return 0
+    if args.dump_features and not args.load_features:
+        train.save(Path(args.dump_features) / "train.pt")
+        val.save(Path(args.dump_features) / "val.pt")
     device = resolve_device(args.device) if args.use_cuda else resolve_device("cpu")
     search_start = time.perf_counter()
     results = knn_evaluate(train.features.to(device), train.labels.to(device), val.features, val.labels,

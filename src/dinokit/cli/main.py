@@ -14,7 +14,7 @@ from ..errors import DinokitError
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
 COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report",
             "extract", "knn", "linear", "retrieve", "copydetect", "videoseg"]
-DISTRIBUTED = {"train"}  # the one command that runs across all launched processes
+SHARDED = {"knn", "extract"}  # under a launcher, their processes split the images to extract
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,15 @@ def _one_process_only(command: str) -> bool:
     return rank > 0
 
 
+def _join_launched_processes(args: argparse.Namespace) -> None:
+    """Join the process group of a sharded command; only process 0 logs below warnings."""
+    from ..runtime import resolve_device
+    from ..train.distributed import init_distributed
+
+    if init_distributed(resolve_device(args.device)).rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
     """argparse's message for flags it does not know, with the closest known flag of each."""
     known = [o for action in parser._actions for o in action.option_strings]
@@ -80,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command not in DISTRIBUTED and _one_process_only(args.command):
-        return 0
     try:
+        if args.command in SHARDED and _launched_rank()[1] > 1:
+            _join_launched_processes(args)
+        elif args.command != "train" and _one_process_only(args.command):
+            return 0
         return int(args.func(args) or 0)
     except DinokitError as e:
         print(f"dinokit {args.command}: error: {e}", file=sys.stderr)
@@ -90,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dinokit {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from ..train.distributed import cleanup
+        cleanup()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
@@ -196,7 +197,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(model: nn.Module, images, embed: EmbedFn | None = None, transform=None, *,
                      batch_size: int = 64, num_workers: int = 0, precision: str = "auto",
-                     progress: Progress | None = None) -> Features:
+                     progress: Progress | None = None, distributed: bool = False) -> Features:
     """Features of ``images`` through ``model`` (run on the model's device, in eval mode).
 
     ``images``: a folder (class sub-folders give labels), an ``ImageList``, a sequence of image
@@ -206,6 +207,8 @@ def extract_features(model: nn.Module, images, embed: EmbedFn | None = None, tra
     run image by image. ``embed(model, x) -> [B, D]`` defaults to ``Embedding()`` (class token).
     ``precision`` ``"bf16"`` runs the network under bf16 autocast (``"auto"``: on CPU). Features are
     returned in float32 on the CPU; ``progress(done, total)`` is called after each batch.
+    With ``distributed`` and an initialised process group (torchrun), the image files are split
+    across the processes and every process returns all rows, in the same order as one process would.
     """
     embed = embed or Embedding()
     device = model_device(model)
@@ -218,7 +221,7 @@ def extract_features(model: nn.Module, images, embed: EmbedFn | None = None, tra
                 return _from_batches(model, embed, _tensor_batches(images, batch_size), len(images), progress)
             if isinstance(images, (str, os.PathLike, ImageList)) or _is_path_list(images):
                 return _from_files(model, embed, _as_image_list(images), transform or EvalTransform(256, 224),
-                                   batch_size, num_workers, progress)
+                                   batch_size, num_workers, progress, distributed)
             total = len(images.dataset) if hasattr(images, "dataset") else 0
             return _from_batches(model, embed, images, total, progress)
     finally:
@@ -307,10 +310,14 @@ def collate_images(items):
 
 
 def _from_files(model, embed, images: ImageList, transform, batch_size: int, num_workers: int,
-                progress) -> Features:
+                progress, distributed: bool = False) -> Features:
     device = model_device(model)
+    dataset = ImageFileDataset(images, transform)
+    world = dist.get_world_size() if distributed and dist.is_available() and dist.is_initialized() else 1
+    if world > 1:  # process r takes images r, r + world, ...
+        dataset = torch.utils.data.Subset(dataset, range(dist.get_rank(), len(images), world))
     loader = torch.utils.data.DataLoader(
-        ImageFileDataset(images, transform), batch_size=batch_size, shuffle=False,
+        dataset, batch_size=batch_size, shuffle=False,
         num_workers=usable_workers(num_workers), collate_fn=collate_images, pin_memory=device.type == "cuda",
         persistent_workers=False)
     feats, labels, index, done = [], [], [], 0
@@ -324,9 +331,38 @@ def _from_files(model, embed, images: ImageList, transform, batch_size: int, num
             index.append(idx)
         done += len(idx) + len(bad)
         if progress:
-            progress(done, len(images))
-    if not feats:
+            progress(done, len(dataset))
+    feats, labels, index = (torch.cat(feats), torch.cat(labels), torch.cat(index)) if feats else (
+        torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    if world > 1:
+        feats, labels, index = _gather_rows(feats, labels, index, images.bad, device)
+    if not len(index):
         raise DataError(f"none of the {len(images)} images below {images.root} could be decoded")
-    index = torch.cat(index).tolist()
-    return Features(torch.cat(feats), torch.cat(labels), [str(images.paths[i]) for i in index],
+    return Features(feats, labels, [str(images.paths[i]) for i in index.tolist()],
                     list(images.classes), dict(images.bad))
+
+
+def _gather_rows(feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bad: dict[str, str],
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All processes' ``(features [N, D], labels [N], image index [N])``, sorted by image index, on
+    every process; ``bad`` gains the files the others could not read."""
+    world = dist.get_world_size()
+    meta: list = [None] * world
+    dist.all_gather_object(meta, (len(index), feats.shape[1], dict(bad)))
+    for _, _, their_bad in meta:
+        bad.update(their_bad)
+    counts, dim = [m[0] for m in meta], max(m[1] for m in meta)
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def gather(rows: torch.Tensor, width: int) -> torch.Tensor:
+        buf = torch.zeros(max(counts), width, dtype=rows.dtype, device=comm)
+        if len(rows):
+            buf[:len(rows)] = rows.to(comm)
+        parts = [torch.empty_like(buf) for _ in range(world)]
+        dist.all_gather(parts, buf)  # equal shapes: each process pads its rows to the largest count
+        return torch.cat([p[:n] for p, n in zip(parts, counts)]).cpu()
+
+    all_feats = gather(feats, dim)
+    labels_index = gather(torch.stack((labels, index), dim=1), 2)
+    order = labels_index[:, 1].argsort()
+    return all_feats[order], labels_index[order, 0], labels_index[order, 1]
