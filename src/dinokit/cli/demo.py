@@ -11,10 +11,11 @@ from .argtypes import positive_float
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly on bundled CIFAR-10 images, then evaluate and draw",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output_dir", default="demo_output")
+    p.add_argument("--output_dir", default="demo_output",
+                   help="checkpoint, logs and pictures (an earlier demo there is resumed)")
     p.add_argument("--data_root", default="data/cifar10-demo", help="folder with train/ and test/ class folders")
     p.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of training and of the random-init baseline")
     p.set_defaults(func=run)
 
 
