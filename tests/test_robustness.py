@@ -188,17 +188,20 @@ def test_empty_folder_is_one_line_from_the_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dinokit", "train", "--data_path", str(tmp_path / "empty"),
                         "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert str(tmp_path / "empty") in r.stderr and "no images found" in r.stderr
+    assert str(tmp_path / "empty") in r.stderr and "no images found" in r.stderr and "it holds no files" in r.stderr
 
 
 @pytest.mark.parametrize("cache", ["yes", "no"])
 def test_folder_without_a_usable_image_is_one_line(tmp_path, plain, capsys, unreadable, cache):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    for i in range(2):  # iPhone photos: the message counts them, so the user sees what to convert
+        (tmp_path / "notes" / f"IMG_{i}.HEIC").write_bytes(b"ftypheic")
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     add_bad_files(only_bad, next(plain.glob("*/*.jpg")))
-    for folder, message in ((tmp_path / "notes", "no images found"), (only_bad, "usable image")):
+    for folder, message in ((tmp_path / "notes", "it holds 2 .heic, 1 .txt files: convert images to JPEG"),
+                            (only_bad, "usable image")):
         rc = main(["train", *cli_flags(folder, tmp_path / "out", cache=cache, batch_size_per_gpu=2)])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and str(folder) in err and message in err, err

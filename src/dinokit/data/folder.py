@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,22 @@ def find_images(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = 
         labels = [0] * len(paths)
     if not paths:
         raise DataError(f"no images found in {str(root)!r} (looked for {', '.join(IMG_EXTENSIONS)}, "
-                        f"searched sub-folders too)")
+                        f"searched sub-folders too){_other_files(root)}")
     return paths, labels, classes
+
+
+def _other_files(root: Path, limit: int = 10000) -> str:
+    """``"; it holds 3 .heic, 1 .txt files"``: what the folder has instead of images (HEIC photos,
+    RAW files, a zip to unpack), counted over at most ``limit`` files."""
+    counts: Counter = Counter()
+    for _, _, filenames in os.walk(root):
+        counts.update(Path(f).suffix.lower() or "(no extension)" for f in filenames)
+        if sum(counts.values()) >= limit:
+            break
+    if not counts:
+        return "; it holds no files"
+    listed = ", ".join(f"{n} {ext}" for ext, n in counts.most_common(5))
+    return f"; it holds {listed} files: convert images to JPEG or PNG, unpack archives"
 
 
 def _scan(folder: Path, recursive: bool, skip: frozenset[Path] = frozenset()) -> list[Path]:
