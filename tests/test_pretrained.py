@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from argparse import Namespace
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import dinokit
+from dinokit.cli.main import main
 from dinokit.models import (CheckpointError, DINOHead, MultiCropWrapper, backbone_state_dict, build_backbone,
                             infer_arch, load_pretrained, vit_small, vit_tiny)
 
@@ -79,6 +81,53 @@ def test_safetensors_and_resnets(tmp_path, arch):
     loaded = load_pretrained(tmp_path / "r.safetensors")  # the depth and stem are read off the tensors
     assert type(loaded).__name__ == "ResNet" and same_weights(model, loaded)
     assert infer_arch(backbone_state_dict(model.state_dict()))[0] == arch
+
+
+def transformers_layout(model, prefix: str = "") -> dict:
+    """``model``'s weights as Hugging Face's ViT conversion of the DINO release stores them
+    (transformers/models/vit/convert_dino_to_pytorch.py): split q/k/v, layernorm_before ..."""
+    names = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    sd, out, width = model.state_dict(), {}, model.embed_dim
+    for k, v in sd.items():
+        if m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", k):
+            block, name, kind = m.groups()
+            if name == "attn.qkv":
+                for i, part in enumerate(("query", "key", "value")):
+                    out[f"encoder.layer.{block}.attention.attention.{part}.{kind}"] = v[i * width:(i + 1) * width]
+            else:
+                out[f"encoder.layer.{block}.{names[name]}.{kind}"] = v
+    out.update({"embeddings.cls_token": sd["cls_token"], "embeddings.position_embeddings": sd["pos_embed"],
+                "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+                "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+                "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"],
+                "pooler.dense.weight": torch.zeros(width, width), "pooler.dense.bias": torch.zeros(width)})
+    return {prefix + k: v.contiguous() for k, v in out.items()}
+
+
+def test_hugging_face_transformers_weights_load_into_the_release_layout(tmp_path, capsys):
+    model = vit_small(patch_size=8).eval()
+    folder = tmp_path / "dino-vits8"  # a model folder as huggingface_hub downloads it
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "vit", "patch_size": 8, "hidden_size": 384}')
+    save_file(transformers_layout(model), str(folder / "model.safetensors"))
+    loaded = load_pretrained(folder)
+    assert same_weights(model, loaded) and loaded.patch_size == 8
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert main(["info", str(folder)]) == 0
+    assert "Hugging Face transformers ViT" in capsys.readouterr().out
+    # ViTForImageClassification's vit.-prefixed keys, in a pytorch_model.bin
+    torch.save(transformers_layout(model, "vit."), tmp_path / "pytorch_model.bin")
+    assert same_weights(model, load_pretrained(tmp_path / "pytorch_model.bin"))
+    broken = transformers_layout(model)
+    del broken["encoder.layer.3.attention.attention.key.weight"]
+    torch.save(broken, tmp_path / "broken.bin")
+    with pytest.raises(CheckpointError, match="encoder.layer.3.attention.attention.query.weight"):
+        load_pretrained(tmp_path / "broken.bin")
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(CheckpointError, match="folder without model.safetensors or pytorch_model.bin"):
+        load_pretrained(tmp_path / "empty_folder")
 
 
 def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):

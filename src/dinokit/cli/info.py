@@ -17,6 +17,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained
     from ..models.pretrained import _resolve, backbone_state_dict, infer_arch, load_checkpoint_file
+    from ..models.transformers_layout import is_transformers_vit
 
     path = _resolve(args.weights)
     ckpt = None if str(path).endswith(".npz") else load_checkpoint_file(path)
@@ -26,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
         return _describe_classifier(path, ckpt)
     model = load_pretrained(args.weights, checkpoint_key=args.checkpoint_key)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
+    if is_transformers_vit(ckpt):
+        print("format       : Hugging Face transformers ViT (read in the release's layout)")
+    else:
+        print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
     if "epoch" in ckpt:
         print(f"epoch        : {ckpt['epoch']}")
     arch, patch, _ = infer_arch(backbone_state_dict(ckpt, args.checkpoint_key))

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import DinokitError
 from ..safe_load import load_tensors
 from .resnet import resnet18, resnet18_cifar, resnet34, resnet50
+from .transformers_layout import from_transformers_vit, is_transformers_vit
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
 __all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
@@ -54,8 +55,15 @@ def build_backbone(arch: str, patch_size: int = 16, **kwargs) -> nn.Module:
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Read a ``.pth`` / ``.safetensors`` file as a dict of tensors and plain values, safely."""
+    """Read a ``.pth`` / ``.safetensors`` file as a dict of tensors and plain values, safely. A
+    Hugging Face model folder stands for its ``model.safetensors`` or ``pytorch_model.bin``."""
     path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise CheckpointError(f"{str(path)!r} is a folder without model.safetensors or pytorch_model.bin: "
+                                  f"pass a weights file")
+        path = found[0]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.suffix == ".safetensors":
@@ -75,8 +83,9 @@ def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str
     """The backbone weights of any supported checkpoint layout.
 
     Accepts a bare backbone state dict, a full training checkpoint (``student`` / ``teacher``
-    entries holding ``backbone.*`` and ``head.*``), or a ``model`` / ``state_dict`` wrapper;
-    strips ``module.`` (DDP) and ``backbone.`` prefixes and drops head weights.
+    entries holding ``backbone.*`` and ``head.*``), a ``model`` / ``state_dict`` wrapper, or the
+    ViT layout of Hugging Face ``transformers`` (renamed); strips ``module.`` (DDP) and
+    ``backbone.`` prefixes and drops head weights.
     """
     sd = ckpt
     if checkpoint_key in ckpt and isinstance(ckpt[checkpoint_key], dict):
@@ -94,7 +103,7 @@ def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str
         if k.startswith("head.") or k.startswith("fc."):
             continue
         out[k.removeprefix("backbone.")] = v
-    return out
+    return from_transformers_vit(out) if is_transformers_vit(out) else out
 
 
 def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, int | None, int]:
