@@ -67,7 +67,7 @@ def test_two_gloo_processes_keep_teachers_identical(cifar_small, tmp_path, budge
     assert (tmp_path / "checkpoint.pth").exists() and not (tmp_path / "rank1" / "checkpoint.pth").exists()
 
 
-def knn_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+def cli_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -87,7 +87,7 @@ def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_smal
             "--device", "cpu", "--quiet"]
     assert main([*argv, "--dump_features", str(tmp_path / "one")]) == 0
     one = capsys.readouterr().out.splitlines()[-1]
-    mp.spawn(knn_worker, args=(2, free_port(), [*argv, "--dump_features", str(tmp_path / "two")], str(tmp_path)),
+    mp.spawn(cli_worker, args=(2, free_port(), [*argv, "--dump_features", str(tmp_path / "two")], str(tmp_path)),
              nprocs=2, join=True)
     assert (tmp_path / "stdout1.txt").read_text() == ""  # process 1 helped extract, reports nothing
     two = (tmp_path / "stdout0.txt").read_text().splitlines()[-1]
@@ -99,3 +99,18 @@ def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_smal
     assert len(a["paths"]) == 100 and len(torch.load(tmp_path / "two" / "train.pt")["paths"]) == 300
     assert "broken.jpg" not in str(torch.load(tmp_path / "two" / "train.pt")["paths"])
     assert one.startswith('{"command": "knn", "train": 300, "val": 100')
+
+
+def test_linear_under_torchrun_extracts_in_both_processes_and_trains_once(cifar_small, tmp_path, capsys):
+    from dinokit.cli.main import main
+    argv = ["linear", "--train_path", str(cifar_small[0]), "--val_path", str(cifar_small[1]), "--random_init",
+            "--arch", "vit_tiny", "--patch_size", "8", "--image_size", "32", "--n_last_blocks", "1", "--epochs", "3",
+            "--num_workers", "0", "--device", "cpu", "--quiet"]
+    assert main([*argv, "--output_dir", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out.splitlines()[-1])
+    mp.spawn(cli_worker, args=(2, free_port(), [*argv, "--output_dir", str(tmp_path / "two")], str(tmp_path)),
+             nprocs=2, join=True)
+    assert (tmp_path / "stdout1.txt").read_text() == ""
+    two = json.loads((tmp_path / "stdout0.txt").read_text().splitlines()[-1])
+    assert (two["train"], two["val"]) == (300, 100) and two["top1"] == pytest.approx(one["top1"], abs=1.0)
+    assert (tmp_path / "two" / "linear.pth").is_file()

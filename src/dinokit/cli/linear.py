@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                           val_freq=args.val_freq, seed=args.seed)
     out_dir = output_folder(args.output_dir)
     result, n_train, n_val = _train(args, embed, config, _EpochLog(out_dir / "log.txt"))
+    if result is None:  # under torchrun, a process that helped extract: process 0 trains the probe
+        return 0
     path = save_classifier(out_dir / "linear.pth", result, n_last_blocks=args.n_last_blocks,
                            avgpool_patchtokens=bool(args.avgpool_patchtokens))
     stats = {"top1": result.top1, "top5": result.top5, "best_top1": result.best_top1}
@@ -82,6 +84,7 @@ def _evaluate(args, embed, start: float) -> int:
     from ..errors import ConfigError
     from ..eval.features import align_classes
     from ..eval.linear import evaluate_classifier, load_classifier
+    from ..train.distributed import is_main
 
     if not args.pretrained_linear:
         raise ConfigError("--evaluate needs --pretrained_linear FILE")
@@ -90,6 +93,8 @@ def _evaluate(args, embed, start: float) -> int:
         val = load_feature_pair(args.load_features)[1]
     else:
         val = extract_folder(args, load_backbone(args), split_folders(args)[1], embed, "val")
+    if not is_main():
+        return 0
     val = align_classes(classifier.classes, val)  # a probe of dinokit knows its class names
     if val.dim != classifier.linear.in_features:
         raise ConfigError(f"the classifier takes {classifier.linear.in_features}-d features but these are "
@@ -104,9 +109,12 @@ def _train(args, embed, config, on_epoch):
     from ..eval.features import align_classes
     from ..eval.linear import train_linear, train_linear_augmented
     from ..runtime import resolve_device
+    from ..train.distributed import is_main
 
     if not args.augment:
         train, val = load_feature_pair(args.load_features) if args.load_features else extract_pair(args, embed)
+        if not is_main():
+            return None, len(train), len(val)
         device = resolve_device(args.device)
         return train_linear(train, val, config, args.num_labels, device, on_epoch), len(train), len(val)
     train_dir, val_dir = labelled_folders(args)
@@ -135,7 +143,8 @@ class _EpochLog:
 
 def _report(stats: dict, info: dict, start: float) -> None:
     top5 = stats.get("top5", math.nan)
-    print(f"Linear probe: Top1: {stats['top1']:.2f}, Top5: {top5:.2f}")
+    shown = f"{top5:.2f}" if math.isfinite(top5) else "n/a (fewer than 5 classes)"
+    print(f"Linear probe: Top1: {stats['top1']:.2f}, Top5: {shown}")
     info.update({k: (round(v, 4) if math.isfinite(v) else None) for k, v in stats.items() if k != "loss"})
     info["seconds"] = round(time.perf_counter() - start, 2)
     print(json.dumps(info))

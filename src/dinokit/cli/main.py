@@ -14,7 +14,6 @@ from ..errors import DinokitError
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
 COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report",
             "extract", "knn", "linear", "retrieve", "copydetect", "videoseg"]
-SHARDED = {"knn", "extract"}  # under a launcher, their processes split the images to extract
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +46,12 @@ def _one_process_only(command: str) -> bool:
         for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):  # so the demo's training
             os.environ.pop(name, None)                                       # does not wait for the others
     return rank > 0
+
+
+def _sharded(args: argparse.Namespace) -> bool:
+    """Whether a command's processes split its feature extraction under a launcher: knn, extract,
+    and linear on extracted features (--augment trains through the backbone in one process)."""
+    return args.command in ("knn", "extract") or (args.command == "linear" and not args.augment)
 
 
 def _join_launched_processes(args: argparse.Namespace) -> None:
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command in SHARDED and _launched_rank()[1] > 1:
+        if _sharded(args) and _launched_rank()[1] > 1:
             _join_launched_processes(args)
         elif args.command != "train" and _one_process_only(args.command):
             return 0
