@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from dinokit.cli.main import build_parser, main
+from dinokit.train import train
 from dinokit.cli.train import config_from_args
 from dinokit.errors import ConfigError
 from dinokit.train.config import PRESETS, TrainConfig, load_config, parse_duration
@@ -73,9 +74,13 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"log_every": 0}, "--log_every must be positive"),
     ({"center_momentum": 1.5}, "--center_momentum"),
 ])
-def test_inconsistent_values(values, match):
+def test_inconsistent_values(values, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         load_config(values)
+    # The same checks for a TrainConfig built in Python and handed to train(), before anything is written.
+    with pytest.raises(ConfigError, match=match):
+        train(TrainConfig(**{**values, "data_path": str(tmp_path), "output_dir": str(tmp_path / "out")}))
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_and_mistyped_yaml_keys(tmp_path):

@@ -66,7 +66,7 @@ class Trainer:
     """Owns the models, optimiser, data and state of one run. ``fit()`` trains to the end."""
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # a TrainConfig built in Python has not been through load_config's checks
         tune_malloc()
         kind = resolve_device(cfg.device)  # its type picks the precision and the backend
         self.precision = resolve_precision(cfg.precision, kind, "fp16" if cfg.use_fp16 else "fp32")
