@@ -6,10 +6,10 @@ import argparse
 import difflib
 import importlib
 import logging
-import os
 import sys
 
 from ..errors import DinokitError
+from .launch import takes_part
 
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
 COMMANDS = ["demo", "train", "info", "attention", "attention-video", "report",
@@ -25,42 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"{__package__}.{name.replace('-', '_')}").register(sub)
     parser.commands = sub.choices  # command name -> its parser, for errors in that command's words
     return parser
-
-
-def _launched_rank() -> tuple[int, int]:
-    """``(rank, processes)`` a launcher (torchrun, torch.distributed.launch, srun) started us as."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
-    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1))
-
-
-def _one_process_only(command: str) -> bool:
-    """Evaluation commands run in one process: under a launcher, process 0 works and the others
-    leave at once (rather than all repeating the work and writing the same files)."""
-    rank, world = _launched_rank()
-    if world > 1 and rank == 0:
-        logging.getLogger("dinokit").warning(
-            "%d processes (launcher environment): `dinokit %s` runs in one process; process 0 works and any "
-            "others leave at once", world, command)
-        for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):  # so the demo's training
-            os.environ.pop(name, None)                                       # does not wait for the others
-    return rank > 0
-
-
-def _sharded(args: argparse.Namespace) -> bool:
-    """Whether a command's processes split its feature extraction under a launcher: knn, extract,
-    and linear on extracted features (--augment trains through the backbone in one process)."""
-    return args.command in ("knn", "extract") or (args.command == "linear" and not args.augment)
-
-
-def _join_launched_processes(args: argparse.Namespace) -> None:
-    """Join the process group of a sharded command; only process 0 logs below warnings."""
-    from ..runtime import resolve_device
-    from ..train.distributed import init_distributed
-
-    if init_distributed(resolve_device(args.device)).rank > 0:
-        logging.getLogger().setLevel(logging.WARNING)
 
 
 def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
@@ -95,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if _sharded(args) and _launched_rank()[1] > 1:
-            _join_launched_processes(args)
-        elif args.command != "train" and _one_process_only(args.command):
+        if not takes_part(args):
             return 0
         return int(args.func(args) or 0)
     except DinokitError as e:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ..errors import DinokitError
 from ..runtime import resolve_device
 
-__all__ = ["DistInfo", "PeerFailure", "init_distributed", "cleanup", "is_main", "peer_failures"]
+__all__ = ["DistInfo", "PeerFailure", "init_distributed", "launched", "cleanup", "is_main", "peer_failures"]
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,27 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _from_env(local_rank: int = 0) -> DistInfo | None:
+def launched(local_rank: int = 0) -> DistInfo:
+    """The rank and world size a launcher (torchrun, torch.distributed.launch, srun) gave this
+    process, read from the environment; a single process otherwise."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", local_rank)), "torchrun")
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        info = DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm")
+        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm")
+    return DistInfo()
+
+
+def _from_env(local_rank: int = 0) -> DistInfo:
+    """``launched()``; for SLURM also the torch variables (master address, rank) it derives."""
+    info = launched(local_rank)
+    if info.launcher == "slurm":
+        env = os.environ
         env.setdefault("MASTER_ADDR", _slurm_master(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
         env.setdefault("MASTER_PORT", "29500")
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = (str(info.rank), str(info.world_size),
                                                             str(info.local_rank))
-        return info
-    return None
+    return info
 
 
 def _slurm_master(nodelist: str) -> str:
@@ -69,7 +78,7 @@ def init_distributed(device: torch.device, timeout_s: int = 600, dist_url: str =
     """Join the process group described by the environment; a single process otherwise.
     ``local_rank`` (the official ``--local_rank`` flag) stands in for a missing ``$LOCAL_RANK``."""
     info = _from_env(local_rank)
-    if info is None or info.world_size == 1:
+    if not info.enabled:
         return DistInfo()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
