@@ -79,8 +79,9 @@ def crop_size(args: argparse.Namespace) -> int:
 def progress(args: argparse.Namespace):
     """A factory ``desc -> progress(done, total)`` for the library, or None with ``--quiet``."""
     from ..progress import ProgressBar
+    from ..train.distributed import is_main
 
-    return None if getattr(args, "quiet", False) else ProgressBar
+    return None if getattr(args, "quiet", False) or not is_main() else ProgressBar  # one bar under torchrun
 
 
 def embedding(args: argparse.Namespace):
