@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,22 @@ def test_linear_under_torchrun_extracts_in_both_processes_and_trains_once(cifar_
     two = json.loads((tmp_path / "stdout0.txt").read_text().splitlines()[-1])
     assert (two["train"], two["val"]) == (300, 100) and two["top1"] == pytest.approx(one["top1"], abs=1.0)
     assert (tmp_path / "two" / "linear.pth").is_file()
+
+
+def test_submit_runs_the_job_tasks_as_one_distributed_training(cifar_small, tmp_path, capsys):
+    pytest.importorskip("submitit")  # an optional integration; the dev install has it
+    from dinokit.cli.main import main
+    out = tmp_path / "run"
+    flags = []
+    for k, v in {**TINY, "data_path": str(cifar_small[0]), "output_dir": str(out), "max_steps": 3, "epochs": 1,
+                 "batch_size_per_gpu": 10, "num_workers": 0, "device": "cpu"}.items():
+        flags += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    assert main(["submit", "--cluster", "local", "--nodes", "1", "--ngpus", "2", *flags]) == 0
+    info = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert info["command"] == "submit" and info["epochs"] == 0  # stopped after max_steps, inside epoch 0
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["iter_in_epoch"]) == (0, 3)
+    # Two tasks, one process group: 300 images in batches of 10 per task make 15 iterations per epoch.
+    assert "15 iterations per epoch" in (Path(info["logs"]) / f"{info['job_id']}_0_log.err").read_text()
+    assert main(["submit", *flags]) == 2  # no sbatch on this machine: one line, nothing queued
+    assert "no SLURM here" in capsys.readouterr().err
