@@ -130,7 +130,7 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
     (["knn", "--random_init"], "give --data_path"),
     (["knn", "--train_path", "/x", "--random_init"], "give both --train_path and --val_path"),
     (["knn", "--load_features", "/nonexistent.pt", "/nonexistent2.pt"], "does not exist"),
-    (["linear", "--augment", "--load_features", "/a.pt", "/b.pt"], "cannot use --load_features"),
+    (["linear", "--augment", "true", "--load_features", "/a.pt", "/b.pt"], "cannot use --load_features"),
     (["linear", "--n_last_blocks", "0", "--random_init"], "argument --n_last_blocks: expected an integer"),
     (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--n_last_blocks", "0"],
      "argument --n_last_blocks: expected an integer of at least 1, got '0'"),

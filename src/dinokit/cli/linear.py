@@ -44,8 +44,7 @@ def register(sub) -> None:
                    help="learning rate for a batch of 256 (scaled linearly)")
     t.add_argument("--val_freq", type=positive_int, default=1, help="validate every this many epochs")
     t.add_argument("--num_labels", type=positive_int, default=None, help="number of classes (default: from the data)")
-    t.add_argument("--augment", action="store_true",
-                   help="official path: random-resized crops + flips through the backbone at every epoch")
+    add_bool(t, "--augment", "official path: random-resized crops + flips through the backbone at every epoch")
     t.add_argument("--output_dir", default=".", help="where linear.pth and log.txt are written")
     t.add_argument("--evaluate", action="store_true", help="only evaluate the classifier of --pretrained_linear")
     t.add_argument("--pretrained_linear", help="a linear.pth or a release *_linearweights.pth file")
