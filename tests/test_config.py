@@ -148,6 +148,9 @@ def test_misspelt_flags_name_the_command_and_the_closest_flag(capsys):
     # It puts the flag first, before the command: the command still gets it (then stops at the data).
     assert main(["--local-rank=0", "train", "--data_path", "/nonexistent/images"]) == 2
     assert "data folder '/nonexistent/images' does not exist" in capsys.readouterr().err
+    # The release's evaluation scripts run under the same launcher: their flags parse too.
+    assert main(["--local-rank=0", "knn", "--dist_url", "env://", "--data_path", "/nonexistent/data"]) == 2
+    assert "/nonexistent/data needs train/ and val/" in capsys.readouterr().err
 
 
 def test_config_round_trip():

@@ -49,6 +49,10 @@ def add_runtime_args(p: argparse.ArgumentParser, batch_size: int | None = 128) -
         g.add_argument("--num_workers", type=natural_int, default=2,
                        help="image decoding processes (0: in the main one)")
     g.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    # The release's evaluation scripts take these; torch.distributed.launch passes --local-rank.
+    g.add_argument("--dist_url", default="env://", help="process-group init method under a launcher")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=0, dest="local_rank",
+                   help="set by torch.distributed.launch (LOCAL_RANK is read first)")
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:

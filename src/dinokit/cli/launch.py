@@ -28,7 +28,8 @@ def takes_part(args: argparse.Namespace) -> bool:
         return True
     if sharded(args):
         from ..runtime import resolve_device
-        if init_distributed(resolve_device(args.device)).rank > 0:
+        joined = init_distributed(resolve_device(args.device), dist_url=args.dist_url, local_rank=args.local_rank)
+        if joined.rank > 0:
             logging.getLogger().setLevel(logging.WARNING)  # one process tells the story
         return True
     if info.rank == 0:
