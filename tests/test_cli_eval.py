@@ -57,6 +57,24 @@ def test_extract_then_knn_on_saved_features(capsys, weights, cifar_small, tmp_pa
     assert info["results"]["5"]["top5"] == pytest.approx(expected[5]["top5"])
 
 
+def test_export_writes_the_release_layout_that_evaluates_the_same(capsys, caplog, weights, cifar_small, tmp_path):
+    train_dir, test_dir = cifar_small
+    knn = ["knn", "--train_path", train_dir, "--val_path", test_dir, "--nb_knn", "20", "--num_workers", "0", "--quiet"]
+    rc, reference, _ = run(capsys, *knn, "--pretrained_weights", weights, "--image_size", "32")
+    for name in ("vit.pth", "vit.safetensors"):
+        rc, info, _ = run(capsys, "export", weights, "--output", tmp_path / name)
+        assert rc == 0 and info["arch"] == "vit_tiny/4" and info["image_size"] == 32
+        if name.endswith(".pth"):  # a bare state dict, as the release's *_pretrain.pth files
+            sd = torch.load(tmp_path / name, weights_only=True)
+            vit_tiny(patch_size=4, img_size=32).load_state_dict(sd, strict=True)
+        # No size flag: the exported file still evaluates at 32 px (its position embedding tells).
+        with caplog.at_level("INFO", logger="dinokit"):
+            rc, again, _ = run(capsys, *knn, "--pretrained_weights", tmp_path / name)
+        assert rc == 0 and again["results"] == reference["results"] and "images at 32 px" in caplog.text
+    rc, _, err = run(capsys, "export", weights, "--output", tmp_path / "s.pth", "--checkpoint_key", "student")
+    assert rc == 2 and err.count("\n") == 1 and not (tmp_path / "s.pth").exists()
+
+
 def test_knn_from_folders_dump_and_reload(capsys, weights, cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     rc, info, _ = run(capsys, "knn", "--data_path", train_dir.parent, "--pretrained_weights", weights,

@@ -15,6 +15,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import load_pretrained
     from ..models.pretrained import _resolve, backbone_state_dict, infer_arch, load_checkpoint_file
     from ..models.transformers_layout import is_transformers_vit
@@ -29,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     if is_transformers_vit(ckpt):
         print("format       : Hugging Face transformers ViT (read in the release's layout)")
+    elif all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        print(f"contents     : one backbone's state dict, {len(ckpt)} tensors (the release's layout)")
     else:
         print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
     if "epoch" in ckpt:

@@ -12,7 +12,7 @@ from ..errors import DinokitError
 from .launch import takes_part
 
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
-COMMANDS = ["demo", "train", "submit", "info", "attention", "attention-video", "report",
+COMMANDS = ["demo", "train", "submit", "info", "export", "attention", "attention-video", "report",
             "extract", "knn", "linear", "retrieve", "copydetect", "videoseg"]
 
 

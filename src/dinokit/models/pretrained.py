@@ -181,7 +181,9 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
         shown = inferred_arch + (f"/{inferred_patch}" if inferred_patch else "")
         hint = f"its tensors look like {shown}: leave out --arch / --patch_size to build that"
     load_state_dict_strict(model, sd, source=str(path), hint=hint)
-    model.pretrained_cfg = {"source": str(path), "image_size": training_image_size(ckpt)}  # timm's attribute
+    # A backbone-only file of a small-image run (dinokit export) still tells its size by its tensors.
+    small = img_size if img_size < 128 else None
+    model.pretrained_cfg = {"source": str(path), "image_size": training_image_size(ckpt) or small}  # timm's
     return model.eval()
 
 
