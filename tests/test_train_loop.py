@@ -224,3 +224,28 @@ def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp
     with pytest.raises(DataError, match="the k-NN train folder .* needs class sub-folders"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoint.pth").exists() and not (tmp_path / "run" / "log.txt").exists()
+
+
+def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them(cifar_small, tmp_path):
+    from dinokit.errors import ConfigError
+    from dinokit.models import interpolate_pos_embed, resnet18_cifar, vit_tiny
+    train_dir, _ = cifar_small
+    torch.manual_seed(1)
+    source = vit_tiny(patch_size=8, img_size=64)  # an 8x8 grid, resized to the 4x4 grid of 32 px crops
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    cfg = tiny_config(train_dir, tmp_path / "run", pretrained_weights=str(tmp_path / "w.pth"), max_steps=1)
+    trainer = Trainer(cfg)
+    try:
+        for net in (trainer.student, trainer.teacher):
+            sd = net.backbone.state_dict()
+            assert torch.equal(sd["blocks.3.attn.qkv.weight"], source.state_dict()["blocks.3.attn.qkv.weight"])
+            torch.testing.assert_close(sd["pos_embed"], interpolate_pos_embed(source.pos_embed.detach(), 4, 4))
+    finally:
+        trainer.release()
+    train(cfg)  # one step, then a checkpoint: a rerun resumes from it and never reads the weights again
+    (tmp_path / "w.pth").unlink()
+    assert train(tiny_config(train_dir, tmp_path / "run", pretrained_weights=str(tmp_path / "w.pth"),
+                             max_steps=2))["epochs"] == 0
+    torch.save(resnet18_cifar().state_dict(), tmp_path / "r.pth")
+    with pytest.raises(ConfigError, match="holds resnet18_cifar weights but this run builds vit_tiny/8"):
+        Trainer(tiny_config(train_dir, tmp_path / "run2", pretrained_weights=str(tmp_path / "r.pth")))

@@ -26,6 +26,8 @@ HELP = {
     "local_crops_number": "number of small local views",
     "local_crops_scale": "area range of the local crops",
     "data_path": "folder of images (any depth, class folders optional)",
+    "pretrained_weights": "continue from these backbone weights (dino_vits16, a file ...) instead of random ones; "
+                          "the heads start afresh",
     "precision": "auto (bf16 on CPU; fp16 with --use_fp16 on GPU), fp32, bf16 or fp16",
     "cache": "decode the dataset once into memory: auto (if it fits in a quarter of RAM), yes, no",
     "time_budget": "fit the whole schedule into this wall-clock time, e.g. 30m or 1h30m",

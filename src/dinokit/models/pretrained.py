@@ -21,7 +21,7 @@ from .transformers_layout import from_transformers_vit, is_transformers_vit
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
 __all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
-           "build_backbone", "infer_arch", "CheckpointError"]
+           "build_backbone", "infer_arch", "arch_name", "CheckpointError"]
 
 _BASE = "https://dl.fbaipublicfiles.com/dino"
 PRETRAINED_URLS = {
@@ -106,6 +106,11 @@ def backbone_state_dict(ckpt: dict, checkpoint_key: str = "teacher") -> dict[str
     return from_transformers_vit(out) if is_transformers_vit(out) else out
 
 
+def arch_name(arch: str, patch_size: int | None) -> str:
+    """``vit_small/16`` for a ViT, the name alone for a ResNet: how logs and errors name a backbone."""
+    return f"{arch}/{patch_size}" if arch.startswith("vit") and patch_size else arch
+
+
 def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, int | None, int]:
     """``(arch, patch_size, img_size)`` read off a backbone state dict's tensor shapes."""
     if "layer4.0.conv1.weight" in sd:
@@ -178,8 +183,8 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     model = build_backbone(arch, patch_size, **model_kwargs)
     hint = None
     if (arch, patch_size) != (inferred_arch, inferred_patch or patch_size):
-        shown = inferred_arch + (f"/{inferred_patch}" if inferred_patch else "")
-        hint = f"its tensors look like {shown}: leave out --arch / --patch_size to build that"
+        hint = (f"its tensors look like {arch_name(inferred_arch, inferred_patch)}: leave out --arch / "
+                f"--patch_size to build that")
     load_state_dict_strict(model, sd, source=str(path), hint=hint)
     # A backbone-only file of a small-image run (dinokit export) still tells its size by its tensors.
     small = img_size if img_size < 128 else None

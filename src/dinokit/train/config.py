@@ -86,6 +86,7 @@ class TrainConfig:
     report: bool = True              # write report.html at the end
     preset: str = ""
     max_steps: int = 0               # stop after this many iterations (smoke tests, profiling)
+    pretrained_weights: str = ""     # start both backbones from these weights (release name or file)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ConfigError`` for values that are out of range or inconsistent."""

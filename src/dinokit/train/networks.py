@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..models import DINOHead, MultiCropWrapper, ResNet, build_backbone
+from ..errors import ConfigError
+from ..models import (DINOHead, MultiCropWrapper, ResNet, build_backbone, infer_arch, interpolate_pos_embed,
+                      load_pretrained, load_state_dict_strict)
+from ..models.pretrained import arch_name
 from .config import TrainConfig
 
-__all__ = ["build_student_teacher"]
+__all__ = ["build_student_teacher", "load_backbone_weights"]
 
 
 def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -27,3 +30,21 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
     for p in teacher.parameters():
         p.requires_grad = False
     return student, teacher
+
+
+def load_backbone_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, source: str,
+                          cfg: TrainConfig) -> None:
+    """Start both backbones from pretrained weights (DINO on one's own images from the release's
+    ViT-S/16, say); the heads keep their fresh initialisation. A ViT's position embedding is
+    resized to the grid of the global crops."""
+    sd = load_pretrained(source).state_dict()  # its architecture read off its tensors
+    found, wanted = arch_name(*infer_arch(sd)[:2]), arch_name(cfg.arch, cfg.patch_size)
+    if found != wanted:
+        raise ConfigError(f"--pretrained_weights {source} holds {found} weights but this run builds {wanted}: "
+                          f"set --arch / --patch_size to {found}")
+    target = student.backbone
+    if "pos_embed" in sd and sd["pos_embed"].shape != target.pos_embed.shape:
+        grid = cfg.global_crops_size // cfg.patch_size
+        sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], grid, grid)
+    load_state_dict_strict(target, sd, source=str(source))
+    teacher.backbone.load_state_dict(target.state_dict())

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from ..errors import DataError, DinokitError
-from ..models.pretrained import CheckpointError
+from ..models.pretrained import CheckpointError, arch_name
 from ..outputs import FolderLock, output_folder
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
@@ -34,7 +34,7 @@ from .ema import TeacherEMA
 from .fp16 import OverflowMonitor
 from .koleo import koleo_loss
 from .loss import DINOLoss
-from .networks import build_student_teacher
+from .networks import build_student_teacher, load_backbone_weights
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from ..progress import ProgressBar
@@ -95,6 +95,9 @@ class Trainer:
         self.skipped.add(self.data.bad_files())
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
+        if cfg.pretrained_weights and not (self.out / "checkpoint.pth").exists():  # a resume has its own
+            load_backbone_weights(self.student, self.teacher, cfg.pretrained_weights, cfg)
+            log.info("backbones start from %s", cfg.pretrained_weights)
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.student_ddp: nn.Module = self.student
@@ -211,9 +214,9 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         except OSError as e:
             raise DinokitError(f"cannot write to the output folder {str(self.out)!r}: {e.strerror or e}") from None
-        arch = f"{cfg.arch}/{cfg.patch_size}" if cfg.arch.startswith("vit") else cfg.arch
         log.info("training %s on %d images (%s, %s), %d iterations per epoch, output in %s",
-                 arch, self.data.usable_images, self.device, self.precision, len(self.data), self.out)
+                 arch_name(cfg.arch, cfg.patch_size), self.data.usable_images, self.device, self.precision,
+                 len(self.data), self.out)
 
     def _epochs(self) -> tuple[int, dict, float]:
         """Train from the resumed position to the end; ``(epoch reached, last stats, elapsed s)``."""
