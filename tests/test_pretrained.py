@@ -51,7 +51,11 @@ def test_full_checkpoint_teacher_and_student(tmp_path):
     s = load_pretrained(tmp_path / "full.pth", checkpoint_key="student")
     assert same_weights(t, teacher.backbone) and same_weights(s, student.backbone)
     assert t.pos_embed.shape == (1, 65, 192)  # image size read off the pos_embed
-    assert t.pretrained_cfg["image_size"] is None  # the release's args name no crop size: 256 -> 224
+    # The release's args name no crop size, but a position embedding built for 32 px tells it (the
+    # release's own models are built for 224 px, which keeps them at 256 -> 224).
+    assert t.pretrained_cfg["image_size"] == 32
+    torch.save(vit_tiny(patch_size=16).state_dict(), tmp_path / "224.pth")
+    assert load_pretrained(tmp_path / "224.pth").pretrained_cfg["image_size"] is None
 
 
 @pytest.mark.parametrize("args, size", [({"global_crops_size": 24, "canvas_size": 32}, 32),
@@ -59,7 +63,8 @@ def test_full_checkpoint_teacher_and_student(tmp_path):
                                         ({"global_crops_size": 224, "canvas_size": None}, None),
                                         (Namespace(global_crops_size=32), 32), (None, None)])
 def test_training_image_size_is_read_off_the_checkpoint_args(tmp_path, args, size):
-    teacher = MultiCropWrapper(vit_tiny(patch_size=4, img_size=32), DINOHead(192, 64))
+    # Built for 224 px, so the size can only come from the args (a 32 px embedding would tell 32 itself).
+    teacher = MultiCropWrapper(vit_tiny(patch_size=16), DINOHead(192, 64))
     torch.save({"teacher": teacher.state_dict(), "args": args}, tmp_path / "run.pth")
     assert load_pretrained(tmp_path / "run.pth").pretrained_cfg["image_size"] == size
 
