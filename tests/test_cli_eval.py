@@ -147,6 +147,7 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
     (["knn", "--data_path", "/nonexistent/folder", "--random_init"], "needs train/ and val/"),
     (["knn", "--random_init"], "give --data_path"),
     (["knn", "--train_path", "/x", "--random_init"], "give both --train_path and --val_path"),
+    (["knn", "--train_path", __file__, "--val_path", "/tmp", "--random_init"], "is not a folder (it needs <class>"),
     (["knn", "--load_features", "/nonexistent.pt", "/nonexistent2.pt"], "does not exist"),
     (["linear", "--augment", "true", "--load_features", "/a.pt", "/b.pt"], "cannot use --load_features"),
     (["linear", "--n_last_blocks", "0", "--random_init"], "argument --n_last_blocks: expected an integer"),

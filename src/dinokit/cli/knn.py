@@ -46,6 +46,9 @@ def split_folders(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.train_path or args.val_path:
         if not (args.train_path and args.val_path):
             raise ConfigError("give both --train_path and --val_path")
+        for flag, folder in (("--train_path", args.train_path), ("--val_path", args.val_path)):
+            if not Path(folder).is_dir():
+                raise DataError(f"{flag} {folder!r} is not a folder (it needs <class>/*.jpg sub-folders)")
         return Path(args.train_path), Path(args.val_path)
     if not args.data_path:
         raise ConfigError("give --data_path, --train_path/--val_path, or --load_features")
