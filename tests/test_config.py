@@ -73,6 +73,7 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     ({"drop_path_rate": 1.0}, r"--drop_path_rate must be in \[0, 1\)"),
     ({"log_every": 0}, "--log_every must be positive"),
     ({"center_momentum": 1.5}, "--center_momentum"),
+    ({"knn_every": 1}, "--knn_every 1 needs --knn_train_path and --knn_val_path"),
 ])
 def test_inconsistent_values(values, match, tmp_path):
     with pytest.raises(ConfigError, match=match):

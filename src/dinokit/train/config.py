@@ -137,6 +137,9 @@ class TrainConfig:
                 if getattr(self, name) > max(self.epochs, 0):
                     problems.append(f"--{name} {getattr(self, name)} exceeds --epochs {self.epochs}: "
                                     f"lower it or train for more epochs")
+        if self.knn_every and not (self.knn_train_path and self.knn_val_path):
+            problems.append(f"--knn_every {self.knn_every} needs --knn_train_path and --knn_val_path "
+                            f"(labelled image folders)")
         if self.time_budget:
             parse_duration(self.time_budget)
         if problems:
