@@ -130,6 +130,8 @@ def test_hugging_face_transformers_weights_load_into_the_release_layout(tmp_path
     torch.save(broken, tmp_path / "broken.bin")
     with pytest.raises(CheckpointError, match="encoder.layer.3.attention.attention.query.weight"):
         load_pretrained(tmp_path / "broken.bin")
+    with pytest.raises(CheckpointError, match="a Hugging Face model id\\? download it"):  # offline: say what to do
+        load_pretrained("facebook/dino-vits8")
     (tmp_path / "empty_folder").mkdir()
     with pytest.raises(CheckpointError, match="folder without model.safetensors or pytorch_model.bin"):
         load_pretrained(tmp_path / "empty_folder")

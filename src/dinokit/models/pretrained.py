@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -138,8 +139,11 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     if str(name_or_path) not in PRETRAINED_URLS:
         path = Path(name_or_path).expanduser()
         if not path.exists():
+            hub = (" (a Hugging Face model id? download it, e.g. `huggingface-cli download "
+                   f"{name_or_path} --local-dir DIR`, and pass DIR)"
+                   if _looks_like_hub_id(str(name_or_path)) else "")
             raise CheckpointError(f"{str(name_or_path)!r} is neither a file nor one of the release names "
-                                  f"{', '.join(PRETRAINED_URLS)}")
+                                  f"{', '.join(PRETRAINED_URLS)}{hub}")
         return path
     url = PRETRAINED_URLS[str(name_or_path)]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
@@ -152,6 +156,12 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
                 f"could not download {url} ({type(e).__name__}: {e}). Without network access, fetch the "
                 f"file elsewhere and pass its local path, or place it at {cached}") from None
     return cached
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/model`` that is no local path: no weights suffix, and no folder ``org`` here."""
+    return bool(re.fullmatch(r"[\w-]+/[\w.-]+", name)) and Path(name).suffix not in (
+        ".pth", ".pt", ".safetensors", ".bin", ".npz") and not Path(name.split("/")[0]).exists()
 
 
 def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, patch_size: int | None = None,
