@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -78,7 +79,6 @@ def cli_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> N
 
 
 def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_small, tmp_path, capsys):
-    import shutil
     from dinokit.cli.main import main
     train_dir, test_dir = tmp_path / "train", cifar_small[1]
     shutil.copytree(cifar_small[0], train_dir)
@@ -134,3 +134,13 @@ def test_submit_runs_the_job_tasks_as_one_distributed_training(cifar_small, tmp_
     assert "15 iterations per epoch" in (Path(info["logs"]) / f"{info['job_id']}_0_log.err").read_text()
     assert main(["submit", *flags]) == 2  # no sbatch on this machine: one line, nothing queued
     assert "no SLURM here" in capsys.readouterr().err
+    # A task that fails (one image, batches of 10 per task) is one line naming its error, not a traceback.
+    one = tmp_path / "one" / "a"
+    one.mkdir(parents=True)
+    shutil.copy(next(cifar_small[0].glob("*/*.jpg")), one)
+    bad = [f if f != str(cifar_small[0]) else str(one.parent) for f in flags]
+    assert main(["submit", "--cluster", "local", "--nodes", "1", "--ngpus", "2", *bad,
+                 "--output_dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dinokit submit: error: the job failed: ConfigError: batch of 20 images") and \
+        "Traceback" not in "\n".join(err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from .argtypes import positive_int
 from .train import add_config_flags, config_from_args
@@ -34,7 +35,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _cause(trace: str) -> str:
+    """The last ``SomeError: message`` line of a task's traceback, without the error's module path."""
+    errors = [line for line in trace.splitlines()
+              if re.match(r"[\w.]*(Error|Exception|Interrupt)\b.*:", line) and "FailedJobError" not in line]
+    if not errors:
+        return trace.strip().splitlines()[0] if trace.strip() else "no traceback"
+    name, message = errors[-1].split(":", 1)
+    return f"{name.rsplit('.', 1)[-1]}:{message}"
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import DinokitError
     from ..train.slurm import SlurmConfig, submit
 
     cfg = config_from_args(args)
@@ -47,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     info = {"command": "submit", "job_id": str(job.job_id), "logs": str(job.paths.folder),
             "output_dir": cfg.output_dir}
     if slurm.cluster == "local":
-        info["epochs"] = job.results()[0]["epochs"]
+        try:
+            info["epochs"] = job.results()[0]["epochs"]
+        except Exception as e:  # submitit's FailedJobError holds the task's whole traceback
+            raise DinokitError(f"the job failed: {_cause(str(e))} (logs in {job.paths.folder})") from None
     print(json.dumps(info))
     return 0
