@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from ..models import load_pretrained
-    from ..models.pretrained import arch_name, infer_arch
     from ..outputs import output_file
     from ..train.checkpoint import save_atomic
 
@@ -38,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         save_file(sd, str(path), metadata={"format": "pt"})
     else:
         save_atomic(sd, path)
-    arch, patch, _ = infer_arch(sd)
-    name = arch_name(arch, patch)
+    name = model.pretrained_cfg["arch"]
     size_mb = path.stat().st_size / 2**20
     print(f"{name} {args.checkpoint_key} backbone: {len(sd)} tensors, {size_mb:.1f} MB -> {path}")
     print(json.dumps({"command": "export", "output": str(path), "arch": name, "tensors": len(sd),

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models import load_pretrained
-    from ..models.pretrained import _resolve, arch_name, backbone_state_dict, infer_arch, load_checkpoint_file
+    from ..models.pretrained import _resolve, load_checkpoint_file
     from ..models.transformers_layout import is_transformers_vit
 
     path = _resolve(args.weights)
@@ -37,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"file entries : {', '.join(sorted(map(str, ckpt)))[:200]}")
     if "epoch" in ckpt:
         print(f"epoch        : {ckpt['epoch']}")
-    arch, patch, _ = infer_arch(backbone_state_dict(ckpt, args.checkpoint_key))
-    print(f"architecture : {arch_name(arch, patch)}, {getattr(model, 'embed_dim', '?')}-d features")
+    print(f"architecture : {model.pretrained_cfg['arch']}, {getattr(model, 'embed_dim', '?')}-d features")
     print(f"parameters   : {n_params / 1e6:.2f} M")
     training = _training_summary(ckpt.get("args"), ckpt.get("elapsed_s"))
     if training:

@@ -198,7 +198,8 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     load_state_dict_strict(model, sd, source=str(path), hint=hint)
     # A backbone-only file of a small-image run (dinokit export) still tells its size by its tensors.
     small = img_size if img_size < 128 else None
-    model.pretrained_cfg = {"source": str(path), "image_size": training_image_size(ckpt) or small}  # timm's
+    model.pretrained_cfg = {"source": str(path), "arch": arch_name(arch, patch_size),  # timm's attribute
+                            "image_size": training_image_size(ckpt) or small}
     return model.eval()
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..models import (DINOHead, MultiCropWrapper, ResNet, build_backbone, infer_arch, interpolate_pos_embed,
-                      load_pretrained, load_state_dict_strict)
+from ..models import (DINOHead, MultiCropWrapper, ResNet, build_backbone, interpolate_pos_embed, load_pretrained,
+                      load_state_dict_strict)
 from ..models.pretrained import arch_name
 from .config import TrainConfig
 
@@ -37,12 +37,12 @@ def load_backbone_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, 
     """Start both backbones from pretrained weights (DINO on one's own images from the release's
     ViT-S/16, say); the heads keep their fresh initialisation. A ViT's position embedding is
     resized to the grid of the global crops."""
-    sd = load_pretrained(source).state_dict()  # its architecture read off its tensors
-    found, wanted = arch_name(*infer_arch(sd)[:2]), arch_name(cfg.arch, cfg.patch_size)
+    pretrained = load_pretrained(source)  # its architecture read off its tensors
+    found, wanted = pretrained.pretrained_cfg["arch"], arch_name(cfg.arch, cfg.patch_size)
     if found != wanted:
         raise ConfigError(f"--pretrained_weights {source} holds {found} weights but this run builds {wanted}: "
                           f"set --arch / --patch_size to {found}")
-    target = student.backbone
+    sd, target = pretrained.state_dict(), student.backbone
     if "pos_embed" in sd and sd["pos_embed"].shape != target.pos_embed.shape:
         grid = cfg.global_crops_size // cfg.patch_size
         sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], grid, grid)
