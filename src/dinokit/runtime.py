@@ -15,7 +15,8 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "cpu_has_fast_bf16", "tune_malloc"]
+__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "cpu_has_fast_bf16", "tune_malloc",
+           "usable_workers", "configure_logging"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -109,3 +110,8 @@ def usable_workers(asked: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _note_lowered(asked: int, cpus: int) -> None:  # once per process, not once per loader
     log.info("--num_workers %d lowered to %d, the CPUs this process may use", asked, cpus)
+
+
+def configure_logging() -> None:
+    """INFO lines with the time, for a process that runs dinokit (the CLI, a SLURM task)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

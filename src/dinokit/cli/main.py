@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import logging
 import sys
 
 from ..errors import DinokitError
+from ..runtime import configure_logging
 from .launch import takes_part
 
 # Sub-modules of dinokit.cli that provide commands, in the order --help lists them.
@@ -43,7 +43,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith(("--local-rank=", "--local_rank=")):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..runtime import configure_logging
 from .config import TrainConfig
 from .trainer import train
 
@@ -46,7 +47,7 @@ class TrainingJob:
 
     def __call__(self) -> dict:
         import submitit
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        configure_logging()
         # All GPUs stay visible: the trainer picks cuda:LOCAL_RANK itself.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         return train(self.cfg)
