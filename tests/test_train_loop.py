@@ -236,6 +236,7 @@ def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them
     cfg = tiny_config(train_dir, tmp_path / "run", pretrained_weights=str(tmp_path / "w.pth"), max_steps=1)
     trainer = Trainer(cfg)
     try:
+        trainer.resume()  # no checkpoint yet: the backbones come from the weights
         for net in (trainer.student, trainer.teacher):
             sd = net.backbone.state_dict()
             assert torch.equal(sd["blocks.3.attn.qkv.weight"], source.state_dict()["blocks.3.attn.qkv.weight"])
@@ -248,4 +249,4 @@ def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them
                              max_steps=2))["epochs"] == 0
     torch.save(resnet18_cifar().state_dict(), tmp_path / "r.pth")
     with pytest.raises(ConfigError, match="holds resnet18_cifar weights but this run builds vit_tiny/8"):
-        Trainer(tiny_config(train_dir, tmp_path / "run2", pretrained_weights=str(tmp_path / "r.pth")))
+        Trainer(tiny_config(train_dir, tmp_path / "run2", pretrained_weights=str(tmp_path / "r.pth"))).fit()

@@ -95,9 +95,6 @@ class Trainer:
         self.skipped.add(self.data.bad_files())
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
-        if cfg.pretrained_weights and not (self.out / "checkpoint.pth").exists():  # a resume has its own
-            load_backbone_weights(self.student, self.teacher, cfg.pretrained_weights, cfg)
-            log.info("backbones start from %s", cfg.pretrained_weights)
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.student_ddp: nn.Module = self.student
@@ -142,7 +139,10 @@ class Trainer:
 
     def resume(self) -> None:
         ckpt = load_for_resume(self.out)
-        if ckpt is None:
+        if ckpt is None:  # a fresh run: random backbones, or the --pretrained_weights given
+            if self.cfg.pretrained_weights:
+                load_backbone_weights(self.student, self.teacher, self.cfg.pretrained_weights, self.cfg)
+                log.info("backbones start from %s", self.cfg.pretrained_weights)
             return
         where = f"cannot resume from {self.out / 'checkpoint.pth'}"
         advice = "Resume with that run's flags (its config.yaml), or give a new --output_dir to start afresh"
