@@ -117,7 +117,8 @@ def test_linear_augmented_path(capsys, weights, cifar_small, tmp_path):
 def test_retrieve_and_copydetect_commands(capsys, weights, cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     rc, info, _ = run(capsys, "retrieve", "--query", test_dir, "--gallery", train_dir, "--pretrained_weights",
-                      weights, "--imsize", "32", "--batch_size_per_gpu", "16", "--num_workers", "0", "--quiet")
+                      weights, "--imsize", "32", "--batch_size_per_gpu", "16", "--num_workers", "0", "--quiet",
+                      "--use_cuda", "False")  # the release's flag: run on the CPU
     assert rc == 0 and info["layout"] == "folders" and info["queries"] == 100 and 0 < info["mAP"] < 100
     root = tmp_path / "copies"
     for name in ("query", "database"):
@@ -126,7 +127,7 @@ def test_retrieve_and_copydetect_commands(capsys, weights, cifar_small, tmp_path
         (root / "database" / f.name).write_bytes(f.read_bytes())
         (root / "query" / f.name).write_bytes(f.read_bytes())
     rc, info, _ = run(capsys, "copydetect", "--data_path", root, "--pretrained_weights", weights, "--imsize", "32",
-                      "--num_workers", "0", "--quiet")
+                      "--num_workers", "0", "--quiet", "--use_cuda", "false")
     assert rc == 0 and info["queries"] == 6 and info["mAP"] == pytest.approx(100.0)
 
 
@@ -138,7 +139,7 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
     path = tmp_path / "vit8.pth"
     torch.save(vit_tiny(patch_size=8, img_size=64).state_dict(), path)
     rc, info, _ = run(capsys, "videoseg", "--data_path", tmp_path / "davis", "--output_dir", tmp_path / "out",
-                      "--pretrained_weights", path, "--frame_size", "96", "--size_mask_neighborhood", "3")
+                      "--pretrained_weights", path, "--frame_size", "96", "--size_mask_neighborhood", "3", "--bs", "2")
     assert rc == 0 and info["sequences"] == 1 and 0 <= info["J_mean"] <= 100
     assert len(list((tmp_path / "out" / "car").glob("*.png"))) == 4
 

@@ -11,7 +11,7 @@ from PIL import Image
 from dinokit.errors import DataError
 from dinokit.eval.davis_metrics import boundary_f_measure, evaluate_sequence, region_similarity
 from dinokit.eval.videoseg import (PropagationConfig, evaluate_davis, labels_to_mask, list_sequences,
-                                   neighbourhood_mask, propagate_labels, read_mask, working_size,
+                                   neighbourhood_mask, propagate_labels, read_mask, segment_video, working_size,
                                    write_indexed_png)
 from dinokit.models import vit_tiny
 
@@ -167,6 +167,24 @@ def test_random_vit_tracks_a_moving_cifar_object(cifar_root, tmp_path):
         with Image.open(p) as im:
             assert im.mode == "P" and im.size == (128, 96) and im.getpalette()[3:6] == [200, 30, 30]
     assert np.array_equal(read_mask(written[0])[0], gt[0])
+
+
+def test_frames_batched_per_pass_give_the_masks_of_one_at_a_time(cifar_root, tmp_path):
+    make_sequence(cifar_root, tmp_path / "davis", frames=8)
+    frames = sorted((tmp_path / "davis" / "JPEGImages" / "480p" / "car").iterdir())
+    first = read_mask(tmp_path / "davis" / "Annotations" / "480p" / "car" / "00000.png")[0]
+    torch.manual_seed(0)
+    vit = vit_tiny(patch_size=8, img_size=64).eval()
+    runs = [segment_video(vit, frames, first, PropagationConfig(frame_size=64, size_mask_neighborhood=3,
+                                                                batch_size=bs), precision="fp32")
+            for bs in (1, 3, 6)]
+    for masks in runs[1:]:
+        assert len(masks) == 8 and all(np.array_equal(a, b) for a, b in zip(runs[0], masks))
+    assert not np.array_equal(runs[0][1], runs[0][7])  # the car moved: the masks differ
+    # A frame of another size in the sequence is named, not a shape error from the matrix product.
+    Image.open(frames[4]).resize((256, 96)).save(frames[4])
+    with pytest.raises(DataError, match="00004.jpg has another size"):
+        segment_video(vit, frames, first, PropagationConfig(frame_size=64, batch_size=3))
 
 
 def test_without_ground_truth_masks_are_written_but_not_scored(cifar_root, tmp_path):

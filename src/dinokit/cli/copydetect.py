@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .argtypes import positive_float, positive_int
-from .extract import add_backbone_args, add_runtime_args, load_backbone, progress
+from .extract import add_backbone_args, add_bool, add_runtime_args, load_backbone, progress
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def register(sub) -> None:
     c.add_argument("--gem_p", type=positive_float, default=4.0, help="power of the GeM pooling of patch tokens")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=16)
+    add_bool(p, "--use_cuda", "false: run on the CPU whatever --device says (the release's flag)", default=True)
     p.set_defaults(func=run)
 
 
@@ -57,6 +58,8 @@ def _folder(explicit: str | None, root: Path | None, name: str, required: bool) 
 def run(args: argparse.Namespace) -> int:
     from ..eval.copydetect import CopyDetectOptions, evaluate_copy_detection
 
+    if not args.use_cuda:
+        args.device = "cpu"
     start = time.perf_counter()
     root = Path(args.data_path) if args.data_path else None
     query, database = _folder(args.query, root, "query", True), _folder(args.database, root, "database", True)

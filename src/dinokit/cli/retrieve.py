@@ -29,6 +29,7 @@ def register(sub) -> None:
     add_bool(r, "--multiscale", "average features at scales 1, 1/sqrt(2), 1/2")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=1)
+    add_bool(p, "--use_cuda", "false: run on the CPU whatever --device says (the release's flag)", default=True)
     p.set_defaults(func=run)
 
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give both --query and --gallery")
     if not args.query and not args.data_path:
         raise ConfigError("give --data_path (revisited Oxford/Paris) or --query and --gallery")
+    if not args.use_cuda:
+        args.device = "cpu"
     start = time.perf_counter()
     opts = RetrievalOptions(args.imsize, args.multiscale, args.batch_size_per_gpu, args.num_workers,
                             args.precision, progress(args))

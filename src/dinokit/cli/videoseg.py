@@ -33,6 +33,7 @@ def register(sub) -> None:
                    help="sources restricted to this many patches around the target (0: no restriction)")
     s.add_argument("--topk", type=positive_int, default=5, help="labels accumulated from the top k neighbours")
     s.add_argument("--frame_size", type=positive_int, default=480, help="shorter side of the frames fed to the network")
+    s.add_argument("--bs", type=positive_int, default=6, help="frames per forward pass (reduce if out of memory)")
     add_backbone_args(p)
     add_runtime_args(p, batch_size=None)
     p.set_defaults(func=run)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = PropagationConfig(args.n_last_frames, args.size_mask_neighborhood, args.topk,
-                               frame_size=args.frame_size)
+                               frame_size=args.frame_size, batch_size=args.bs)
     sequences = list_sequences(args.data_path, args.resolution, args.video_list)
     output_folder(args.output_dir)
     model = load_backbone(args)

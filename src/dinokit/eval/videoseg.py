@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +51,13 @@ class PropagationConfig:
     topk: int = 5
     temperature: float = 0.1
     frame_size: int = 480
+    batch_size: int = 6  # frames per forward pass (the release's --bs)
 
     def __post_init__(self):
-        if self.n_last_frames < 0 or self.topk < 1 or self.size_mask_neighborhood < 0 or self.frame_size < 1:
-            raise ConfigError("n_last_frames and size_mask_neighborhood must be >= 0, topk and frame_size >= 1")
+        if (self.n_last_frames < 0 or self.topk < 1 or self.size_mask_neighborhood < 0 or self.frame_size < 1
+                or self.batch_size < 1):
+            raise ConfigError("n_last_frames and size_mask_neighborhood must be >= 0, "
+                              "topk, frame_size and batch_size >= 1")
 
 
 def working_size(height: int, width: int, frame_size: int, patch: int) -> tuple[int, int]:
@@ -197,12 +200,25 @@ def _patch_size(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _patch_features(model: nn.Module, frame: torch.Tensor, precision: str) -> torch.Tensor:
-    """L2-normalised last-block patch tokens ``[h*w, D]`` of one frame ``[3, H, W]``."""
+def _patch_features(model: nn.Module, frames: torch.Tensor, precision: str) -> torch.Tensor:
+    """L2-normalised last-block patch tokens ``[B, h*w, D]`` of frames ``[B, 3, H, W]``."""
     device = model_device(model)
     with autocast(device, precision):
-        tokens = model.get_intermediate_layers(frame[None].to(device), 1)[0][0, 1:]
-    return F.normalize(tokens.float(), dim=1)
+        tokens = model.get_intermediate_layers(frames.to(device), 1)[0][:, 1:]
+    return F.normalize(tokens.float(), dim=2)
+
+
+def _frame_features(model: nn.Module, paths: Sequence[Path], config: PropagationConfig, patch: int,
+                    precision: str) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+    """``(patch features [h*w, D], original (H, W))`` per frame, ``config.batch_size`` frames a pass."""
+    for i in range(0, len(paths), config.batch_size):
+        read = [_read_frame(p, config.frame_size, patch) for p in paths[i:i + config.batch_size]]
+        shapes = {frame.shape for frame, _ in read}
+        # Frames of one sequence share a size; a stray one is run on its own rather than refused.
+        groups = [read] if len(shapes) == 1 else [[r] for r in read]
+        for group in groups:
+            feats = _patch_features(model, torch.stack([frame for frame, _ in group]), precision)
+            yield from zip(feats, (size for _, size in group))
 
 
 def segment_video(model: nn.Module, frames: Sequence[str | os.PathLike], first_mask: np.ndarray,
@@ -224,16 +240,17 @@ def segment_video(model: nn.Module, frames: Sequence[str | os.PathLike], first_m
     small = np.asarray(Image.fromarray(seed.astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
     device = model_device(model)
     labels0 = F.one_hot(torch.from_numpy(small.astype(np.int64)).reshape(-1), int(seed.max()) + 1).T.float().to(device)
-    feats0 = _patch_features(model, frame0, precision)
+    feats0 = _patch_features(model, frame0[None], precision)[0]
     allowed = (neighbourhood_mask(*grid, config.size_mask_neighborhood, device)
                if config.size_mask_neighborhood > 0 else None)
     queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=config.n_last_frames or None)
     masks = [first_mask.astype(np.uint8)]
     if on_frame:
         on_frame(0, masks[0])
-    for t in range(1, len(frames)):
-        frame, size = _read_frame(Path(frames[t]), config.frame_size, patch)
-        feats = _patch_features(model, frame, precision)
+    later = _frame_features(model, [Path(f) for f in frames[1:]], config, patch, precision)
+    for t, (feats, size) in enumerate(later, start=1):
+        if feats.shape[0] != feats0.shape[0]:
+            raise DataError(f"frame {Path(frames[t]).name} has another size than the first frame")
         used = [(feats0, labels0)] + (list(queue) if config.n_last_frames else [])
         soft = propagate_labels(feats, torch.stack([f for f, _ in used]), torch.stack([lab for _, lab in used]),
                                 allowed, config.topk, config.temperature)
