@@ -43,6 +43,12 @@ def test_train_help_shows_each_default_once():
     assert "--teacher_temp TEACHER_TEMP teacher temperature after warm-up (default: 0.04) --warmup" in text
     assert "default: None" not in text
     assert "--centering CENTERING teacher centering" in text
+    # Every flag says what it does, under the release's sections; the presets are listed with theirs.
+    for action in train_parser._actions:
+        assert not action.help.startswith(" (default"), action.dest
+    for title in ("model:", "temperature and centering:", "optimisation:", "multi-crop and augmentation:"):
+        assert title in text
+    assert "cifar_resnet the demo's recipe on resnet18_cifar" in text and "(default: )" not in text
 
 
 def test_flags_preset_and_yaml_precedence(tmp_path):
