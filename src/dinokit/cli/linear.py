@@ -39,7 +39,7 @@ def register(sub) -> None:
                    help="concatenate the class tokens of the last n blocks (4 for ViT-S, 1 for ViT-B)")
     add_bool(f, "--avgpool_patchtokens", "concatenate the average-pooled patch tokens (ViT-B: true)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, default=100)
+    t.add_argument("--epochs", type=positive_int, default=100, help="training epochs of the linear classifier")
     t.add_argument("--lr", type=positive_float, default=0.001,
                    help="learning rate for a batch of 256 (scaled linearly)")
     t.add_argument("--val_freq", type=positive_int, default=1, help="validate every this many epochs")

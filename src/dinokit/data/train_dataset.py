@@ -159,6 +159,7 @@ class CachedImages:
         self.bad: dict[str, str] = {}
         if cache_file is not None and self._load(cache_file, images):
             return
+        log.info("decoding %d images once into memory (%dx%d canvases)", len(images), self.canvas, self.canvas)
         self._decode(images, num_workers, progress, decode_batch)
         if cache_file is not None:
             self.save(cache_file)

@@ -106,7 +106,6 @@ class TrainBatches:
         return estimate_decoded_bytes(self.num_images, self.canvas) <= _total_ram() // 4
 
     def _build_cache(self) -> CachedImages:
-        log.info("decoding %d images once into memory (%dx%d canvases)", self.num_images, self.canvas, self.canvas)
         cache_file = os.path.join(self.cfg.output_dir, f"decoded_{self.canvas}.pt")
         cache = CachedImages(self.images, self.canvas, num_workers=self.workers, cache_file=cache_file)
         return cache.to(self.device) if self.device.type == "cuda" else cache
