@@ -203,6 +203,18 @@ def test_cifar_resnet_trains_with_local_crops_and_loads_back(cifar_small, tmp_pa
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
+def test_images_far_smaller_than_the_crops_are_warned_about_once(cifar_small, tmp_path, caplog):
+    train_dir, _ = cifar_small
+    caplog.set_level(logging.WARNING, logger="dinokit")
+    train(tiny_config(train_dir, tmp_path / "fit", max_steps=2, cache="no"))
+    assert "images are small" not in caplog.text  # 32 px images, 32 px crops
+    for cache in ("no", "yes"):  # both data paths: DataLoader workers and the in-memory cache
+        caplog.clear()
+        train(tiny_config(train_dir, tmp_path / cache, patch_size=16, global_crops_size=64, local_crops_size=32,
+                          canvas_size=0, max_steps=2, cache=cache))
+        assert caplog.text.count("median longer side 32 px) for 64 px global crops: each crop is enlarged 2x") == 1
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):

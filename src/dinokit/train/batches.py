@@ -72,6 +72,7 @@ class TrainBatches:
             jitter=tuple(cfg.color_jitter * s for s in (0.4, 0.4, 0.2, 0.1)), p_jitter=cfg.p_color_jitter,
             p_gray=cfg.p_grayscale, p_solarize=cfg.p_solarize)
         self.cached = self._build_cache() if self._want_cache() else None
+        self._sizes_checked = False
         if self.cached is None:
             self.dataset = TrainImageDataset(self.images, self.canvas)
             self.sampler = _ShardSampler(self.num_images, cfg.batch_size_per_gpu, dist_info.rank,
@@ -118,6 +119,7 @@ class TrainBatches:
                                           world_size=self.dist.world_size)
             for i, batch in enumerate(batches):
                 images, hw = batch.images, batch.hw
+                self._check_sizes(hw)
                 if i >= skip:
                     yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
             return
@@ -132,7 +134,20 @@ class TrainBatches:
                 self.dataset.report_bad(bad, log_each=False)  # reported together by the trainer
             if images.shape[0] == 0:
                 continue
+            self._check_sizes(hw)
             yield images.to(self.device, non_blocking=True), hw.to(self.device, non_blocking=True)
+
+    def _check_sizes(self, hw: torch.Tensor) -> None:
+        """Warn once when the images are far smaller than the global crops (CIFAR at 224 px)."""
+        if self._sizes_checked:
+            return
+        self._sizes_checked = True
+        side = int(hw.max(dim=1).values.float().median())
+        if side * 2 <= self.cfg.global_crops_size and self.dist.rank == 0:
+            log.warning("the images are small (median longer side %d px) for %d px global crops: each crop is "
+                        "enlarged %.0fx, which costs compute and adds no detail; for small images use "
+                        "--preset cifar or lower --global_crops_size and --local_crops_size",
+                        side, self.cfg.global_crops_size, self.cfg.global_crops_size / max(side, 1))
 
     def step_seed(self, it: int) -> int:
         """Random seed of iteration ``it`` on this rank: runs are reproducible across resumes."""
