@@ -64,6 +64,7 @@ def test_export_writes_the_release_layout_that_evaluates_the_same(capsys, caplog
     for name in ("vit.pth", "vit.safetensors"):
         rc, info, _ = run(capsys, "export", weights, "--output", tmp_path / name)
         assert rc == 0 and info["arch"] == "vit_tiny/4" and info["image_size"] == 32
+        assert not list(tmp_path.glob(".*")), "a temporary file of the atomic write was left behind"
         if name.endswith(".pth"):  # a bare state dict, as the release's *_pretrain.pth files
             sd = torch.load(tmp_path / name, weights_only=True)
             vit_tiny(patch_size=4, img_size=32).load_state_dict(sd, strict=True)
@@ -158,6 +159,7 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
      "neither a file"),
     (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--arch", "vit_tiny"], "no vit_tiny/16"),
     (["retrieve", "--query", "/tmp", "--random_init"], "give both --query and --gallery"),
+    (["export", "/nonexistent.pth", "--output", "backbone.txt"], "end the name with .pth (torch) or .safetensors"),
     (["copydetect", "--random_init"], "no query folder"),
     (["copydetect", "--data_path", "/tmp", "--match_prefix", "0"], "argument --match_prefix: expected an integer"),
     (["knn", "--data_path", "/tmp", "--num_workers", "-1"], "argument --num_workers: expected an integer of"),

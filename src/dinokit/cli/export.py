@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -26,15 +28,21 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
+    from ..errors import ConfigError
     from ..models import load_pretrained
     from ..outputs import output_file
     from ..train.checkpoint import save_atomic
 
+    if Path(args.output).suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+        raise ConfigError(f"--output {args.output}: end the name with .pth (torch) or .safetensors, "
+                          f"the two formats it can write")
     path = output_file(args.output)
     model = load_pretrained(args.weights, checkpoint_key=args.checkpoint_key)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
-        save_file(sd, str(path), metadata={"format": "pt"})
+        tmp = path.with_name(f".{path.name}.tmp")  # as save_atomic: never a half-written file
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
     else:
         save_atomic(sd, path)
     name = model.pretrained_cfg["arch"]
