@@ -249,10 +249,23 @@ def test_info_describes_feature_files_and_linear_probes(capsys, tmp_path):
 
     Features(torch.randn(10, 8), torch.arange(10) % 2, classes=["cat", "dog"]).save(tmp_path / "train.pt")
     Features(torch.randn(4, 8), torch.arange(4) % 2, classes=["cat", "dog"]).save(tmp_path / "val.npz")
-    for name in ("train.pt", "val.npz"):
+    for name, rows in (("train.pt", 10), ("val.npz", 4)):
         assert main(["info", str(tmp_path / name)]) == 0
         out = capsys.readouterr().out
-        assert "x 8 (from dinokit extract)" in out and "classes      : 2 (cat, dog)" in out
+        assert "features from dinokit extract" in out and f": {rows} rows x 8, 2 classes (cat, dog)" in out
+    # A --dump_features folder: dinokit's train.pt/val.pt, or the release's four files.
+    Features(torch.randn(4, 8), torch.arange(4) % 2, classes=["cat", "dog"]).save(tmp_path / "val.pt")
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "from dinokit knn --dump_features" in out and "val.pt       : 4 rows x 8, 2 classes (cat, dog)" in out
+    release = tmp_path / "release_dump"
+    release.mkdir()
+    for split, n in (("train", 6), ("test", 3)):
+        torch.save(torch.randn(n, 8), release / f"{split}feat.pth")
+        torch.save(torch.arange(n) % 3, release / f"{split}labels.pth")
+    assert main(["info", str(release)]) == 0
+    out = capsys.readouterr().out
+    assert "the release's eval_knn.py" in out and "trainfeat.pth: 6 rows x 8, 3 distinct labels" in out
     torch.save({"state_dict": LinearClassifier(8, 3).state_dict(), "top1": 61.5, "classes": ["a", "b", "c"]},
                tmp_path / "probe.pth")
     assert main(["info", str(tmp_path / "probe.pth")]) == 0

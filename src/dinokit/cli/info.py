@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.pretrained import _resolve, load_checkpoint_file
     from ..models.transformers_layout import is_transformers_vit
 
+    if Path(args.weights).is_dir() and _describe_dump(Path(args.weights)):
+        return 0
     path = _resolve(args.weights)
     ckpt = None if str(path).endswith(".npz") else load_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "features" in ckpt:  # .npz, a dict of features, or a bare matrix
@@ -43,6 +46,24 @@ def run(args: argparse.Namespace) -> int:
     if training:
         print(f"trained      : {training}")
     return 0
+
+
+def _describe_dump(folder: Path) -> bool:
+    """Describe a ``knn --dump_features`` folder (dinokit's or the release's files); False if it is not one."""
+    from ..eval.features import load_features, load_official_dump
+
+    if (folder / "trainfeat.pth").is_file() and (folder / "testfeat.pth").is_file():
+        pairs = zip(("trainfeat.pth", "testfeat.pth"), load_official_dump(folder))
+        source = "the release's eval_knn.py --dump_features"
+    elif (folder / "train.pt").is_file() and (folder / "val.pt").is_file():
+        pairs = ((name, load_features(folder / name)) for name in ("train.pt", "val.pt"))
+        source = "dinokit knn --dump_features"
+    else:
+        return False
+    print(f"folder of features from {source}; use with knn/linear --load_features {folder}")
+    for name, feats in pairs:
+        _print_features(feats, name)
+    return True
 
 
 def _training_summary(flags, elapsed_s) -> str:
@@ -71,12 +92,17 @@ def _describe_features(path) -> int:
     """A file of ``dinokit extract`` (or ``knn --dump_features``): rows, width and classes."""
     from ..eval.features import load_features
 
-    feats = load_features(path)
-    names = [c for c in feats.classes if c]
-    print(f"features     : {len(feats)} rows x {feats.dim} (from dinokit extract); use with knn/linear --load_features")
-    print(f"classes      : {len(names)}" + (f" ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
-                                              if names else " (unlabelled folder)"))
+    print("features from dinokit extract; use with knn/linear --load_features")
+    _print_features(load_features(path), "features")
     return 0
+
+
+def _print_features(feats, label: str) -> None:
+    names = [c for c in feats.classes if c]
+    n_labels = len(feats.labels.unique())
+    classes = (f"{len(names)} classes ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})" if names
+               else f"{n_labels} distinct labels" if n_labels > 1 else "unlabelled")
+    print(f"{label:13s}: {len(feats)} rows x {feats.dim}, {classes}")
 
 
 def _describe_classifier(path, ckpt: dict) -> int:
