@@ -13,7 +13,7 @@ from PIL import Image
 
 from dinokit.errors import DataError
 from dinokit.models import DINOHead, vit_tiny
-from dinokit.viz.plots import plot_curves
+from dinokit.viz.plots import moving_average, plot_curves
 from dinokit.viz.report import load_run, write_report
 
 OUT_DIM = 64
@@ -142,3 +142,15 @@ def test_load_run_and_plot_curves(tmp_path):
                       tmp_path / "sub" / "loss.png", "loss", "step", hlines={"ref": 1.0}, vlines=[2])
     assert png.is_file() and Image.open(png).size[0] > 100
     assert plot_curves({}, tmp_path / "empty.png").is_file()
+
+
+def test_noisy_curves_get_a_moving_mean(tmp_path):
+    assert moving_average([1.0, 2.0, 3.0, 5.0], 2) == [1.0, 1.5, 2.5, 4.0]
+    steps = list(range(0, 600, 10))
+    noisy = [7.0 - s / 200 + (0.4 if i % 2 else -0.4) for i, s in enumerate(steps)]
+    plain = plot_curves({"loss": (steps, noisy)}, tmp_path / "plain.png", xlabel="step")
+    smooth = plot_curves({"loss": (steps, noisy)}, tmp_path / "smooth.png", xlabel="step", smooth=True)
+    # The same axes, one more (bold) line and a legend: the pictures differ.
+    assert Image.open(plain).size == Image.open(smooth).size
+    assert Image.open(plain).tobytes() != Image.open(smooth).tobytes()
+    assert moving_average(noisy, 6)[-1] == pytest.approx(sum(noisy[-6:]) / 6)

@@ -82,7 +82,7 @@ def _pictures(teacher, root: Path, out: Path) -> list[Path]:
         steps.append(row["step"])
         losses.append(row["loss"])
     curve = plot_curves({"DINO loss": (steps, losses)}, out / "loss_curve.png", title="training loss",
-                        xlabel="iteration", ylabel="loss")
+                        xlabel="iteration", ylabel="loss", smooth=True)
     images = [sorted(d.glob("*.jpg"))[0] for d in sorted((root / "test").iterdir()) if d.is_dir()]
     visualize_images(teacher, images, out / "attention", root=root / "test", image_size=(128, 128), threshold=0.6)
     return [curve, out / "attention", out / "report.html"]

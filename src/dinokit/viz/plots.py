@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["Series", "plot_curves"]
+__all__ = ["Series", "plot_curves", "moving_average"]
 
 # name -> (x values, y values); None values are skipped.
 Series = Mapping[str, tuple[Sequence[float], Sequence[float | None]]]
@@ -19,16 +19,26 @@ def _clean(xs, ys) -> tuple[list[float], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def moving_average(ys: Sequence[float], window: int) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y - (ys[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_curves(series: Series, path: str | os.PathLike, title: str | None = None, xlabel: str = "epoch",
                 ylabel: str | None = None, panels: bool = False, logy: bool = False,
                 hlines: Mapping[str, float] | None = None, vlines: Sequence[float] = (),
-                ymin: float | None = None, dpi: int = 100) -> Path:
+                ymin: float | None = None, smooth: bool = False, dpi: int = 100) -> Path:
     """Plot ``series`` into the PNG ``path`` and return it.
 
     All series share one axes, or with ``panels`` each gets its own (y scales differ: learning
     rate vs momentum). ``hlines`` draws labelled horizontal references (e.g. ``log K``);
     ``vlines`` marks x positions in red (e.g. epochs with a collapse warning); ``ymin`` fixes
-    the bottom of the y axes (e.g. 0 for entropies).
+    the bottom of the y axes (e.g. 0 for entropies). ``smooth`` draws noisy per-step series
+    faintly with a moving average over a tenth of their length on top.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -43,7 +53,13 @@ def plot_curves(series: Series, path: str | os.PathLike, title: str | None = Non
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_axes)]
     for i, (name, xs, ys) in enumerate(items):
         ax = axes[i if panels else 0]
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+        window = len(ys) // 10 if smooth else 0
+        if window >= 3:
+            (raw,) = ax.plot(xs, ys, linewidth=0.8, alpha=0.35)
+            ax.plot(xs, moving_average(ys, window), color=raw.get_color(), linewidth=2,
+                    label=f"{name}, moving mean of {window} points")
+        else:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
         if panels:
             ax.set_title(name, fontsize=10)
     for ax in axes:
@@ -59,7 +75,7 @@ def plot_curves(series: Series, path: str | os.PathLike, title: str | None = Non
         ax.grid(alpha=0.3)
     if ylabel and not panels:
         axes[0].set_ylabel(ylabel)
-    if not panels and (len(items) > 1 or hlines):
+    if not panels and (len(items) > 1 or hlines or smooth):
         axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)

@@ -129,7 +129,8 @@ def _section_training(run: RunLogs, report_dir: Path) -> str:
     parts = []
     if run.steps and run.step_series("loss")[0]:
         parts.append(_img(plot_curves({"loss": run.step_series("loss")}, report_dir / "loss_steps.png",
-                                                  "training loss per step", "step", "loss"), "loss per step"))
+                                                  "training loss per step", "step", "loss", smooth=True),
+                                      "loss per step"))
     if run.epoch_series("train_loss")[0]:
         parts.append(_img(plot_curves({"train_loss": run.epoch_series("train_loss")},
                                                   report_dir / "loss_epochs.png", "training loss per epoch",
