@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 
 from dinokit.train import DINOLoss, load_config
 from dinokit.train.loss import sinkhorn_knopp
@@ -73,9 +74,18 @@ def cli_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> N
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    import dinokit.eval.features as features
     from dinokit.cli.main import main
+    embedded, embed_batch = [], features.embed_batch
+
+    def counting(model, embed, x, device):  # images this process put through the network
+        embedded.append(len(x))
+        return embed_batch(model, embed, x, device)
+
+    features.embed_batch = counting
     with open(os.path.join(out, f"stdout{rank}.txt"), "w") as sys.stdout:
         assert main(argv) == 0
+    Path(out, f"embedded{rank}.txt").write_text(str(sum(embedded)))
 
 
 def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_small, tmp_path, capsys):
@@ -91,6 +101,8 @@ def test_knn_under_torchrun_splits_extraction_and_matches_one_process(cifar_smal
     mp.spawn(cli_worker, args=(2, free_port(), [*argv, "--dump_features", str(tmp_path / "two")], str(tmp_path)),
              nprocs=2, join=True)
     assert (tmp_path / "stdout1.txt").read_text() == ""  # process 1 helped extract, reports nothing
+    halves = [int((tmp_path / f"embedded{r}.txt").read_text()) for r in (0, 1)]
+    assert sum(halves) == 400 and abs(halves[0] - halves[1]) <= 2, halves  # each image once, split in two
     two = (tmp_path / "stdout0.txt").read_text().splitlines()[-1]
     assert json.loads(two)["results"] == json.loads(one)["results"]
     for split in ("train", "val"):
@@ -115,6 +127,37 @@ def test_linear_under_torchrun_extracts_in_both_processes_and_trains_once(cifar_
     two = json.loads((tmp_path / "stdout0.txt").read_text().splitlines()[-1])
     assert (two["train"], two["val"]) == (300, 100) and two["top1"] == pytest.approx(one["top1"], abs=1.0)
     assert (tmp_path / "two" / "linear.pth").is_file()
+
+
+def test_retrieve_and_copydetect_under_torchrun_split_extraction_and_match_one_process(cifar_small, tmp_path,
+                                                                                     capsys):
+    from dinokit.cli.main import main
+    train_dir, test_dir = cifar_small
+    copies = tmp_path / "copies"
+    for name in ("query", "database", "whitening"):
+        (copies / name).mkdir(parents=True)
+    for i, f in enumerate(sorted((test_dir / "cat").iterdir())[:9]):
+        (copies / "database" / f.name).write_bytes(f.read_bytes())
+        Image.open(f).rotate(10 * i).save(copies / "query" / f.name)  # edited copies
+    for f in sorted((train_dir / "dog").iterdir())[:7]:
+        (copies / "whitening" / f.name).write_bytes(f.read_bytes())
+    net = ["--random_init", "--arch", "vit_tiny", "--patch_size", "8", "--num_workers", "0", "--device", "cpu",
+           "--quiet", "--precision", "fp32"]
+    commands = [["retrieve", "--query", str(test_dir), "--gallery", str(train_dir), "--imsize", "32", *net],
+                ["copydetect", "--data_path", str(copies), "--imsize", "32", *net]]
+    for argv in commands:
+        assert main(argv) == 0
+        one = json.loads(capsys.readouterr().out.splitlines()[-1])
+        mp.spawn(cli_worker, args=(2, free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+        assert (tmp_path / "stdout1.txt").read_text() == ""  # process 1 helped extract, reports nothing
+        halves = [int((tmp_path / f"embedded{r}.txt").read_text()) for r in (0, 1)]
+        total = 400 if argv[0] == "retrieve" else 9 + 9 + 7
+        assert sum(halves) == total and abs(halves[0] - halves[1]) <= 3, halves  # every image once, split
+        two = json.loads((tmp_path / "stdout0.txt").read_text().splitlines()[-1])
+        scores = ("mAP", "mP@1", "mP@5", "queries") if argv[0] == "retrieve" else ("mAP", "top1", "database")
+        for key in scores:
+            assert two[key] == pytest.approx(one[key], abs=1e-3), (argv[0], key)
+    assert one["whitened"] and one["queries"] == 9
 
 
 def test_submit_runs_the_job_tasks_as_one_distributed_training(cifar_small, tmp_path, capsys):

@@ -57,6 +57,7 @@ def _folder(explicit: str | None, root: Path | None, name: str, required: bool) 
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.copydetect import CopyDetectOptions, evaluate_copy_detection
+    from ..train.distributed import is_main
 
     if not args.use_cuda:
         args.device = "cpu"
@@ -66,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     distractors = _folder(args.distractors_path, root, "distractors", False)
     whitening = _folder(args.whitening_path, root, "whitening", False)
     opts = CopyDetectOptions(args.imsize, args.gem_p, args.match_prefix, args.gt_csv, args.batch_size_per_gpu,
-                             args.num_workers, args.precision, progress(args))
+                             args.num_workers, args.precision, progress(args), distributed=True)
     result = evaluate_copy_detection(load_backbone(args), query, database, distractors, whitening, opts)
+    if not is_main():  # under torchrun the others helped extract; process 0 reports
+        return 0
     print(f"Copy detection: {result['queries']} queries, {result['database']} database images "
           f"({result['distractors']} distractors), whitening {'on' if result['whitened'] else 'off'}: "
           f"mAP {result['mAP']:.2f}, top-1 {result['top1']:.2f}")

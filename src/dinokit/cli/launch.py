@@ -1,7 +1,8 @@
 """How commands behave when a launcher (torchrun, torch.distributed.launch, srun) starts several
-processes: ``train`` trains across all of them; ``knn``, ``extract`` and ``linear`` on extracted
-features split the images to extract, then process 0 reports; every other command runs in
-process 0 alone while the others leave at once (rather than repeating the work into the same files).
+processes: ``train`` trains across all of them; ``knn``, ``extract``, ``retrieve``, ``copydetect``
+and ``linear`` on extracted features split the images to extract, then process 0 reports; every
+other command runs in process 0 alone while the others leave at once (rather than repeating the
+work into the same files).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ log = logging.getLogger("dinokit")
 def sharded(args: argparse.Namespace) -> bool:
     """Whether the command's processes split its feature extraction (``linear --augment`` trains
     through the backbone, in one process)."""
-    return args.command in ("knn", "extract") or (args.command == "linear" and not args.augment)
+    return args.command in ("knn", "extract", "retrieve", "copydetect") or (args.command == "linear" and
+                                                                            not args.augment)
 
 
 def takes_part(args: argparse.Namespace) -> bool:

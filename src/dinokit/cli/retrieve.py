@@ -36,6 +36,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.retrieval import RetrievalOptions, evaluate_folders, evaluate_revisited
+    from ..train.distributed import is_main
 
     if bool(args.query) != bool(args.gallery):
         raise ConfigError("give both --query and --gallery")
@@ -45,15 +46,17 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"
     start = time.perf_counter()
     opts = RetrievalOptions(args.imsize, args.multiscale, args.batch_size_per_gpu, args.num_workers,
-                            args.precision, progress(args))
+                            args.precision, progress(args), distributed=True)
     model = load_backbone(args)
+    result = (evaluate_folders(model, args.query, args.gallery, opts) if args.query
+              else evaluate_revisited(model, args.data_path, args.dataset, opts))
+    if not is_main():  # under torchrun the others helped extract; process 0 reports
+        return 0
     if args.query:
-        result = evaluate_folders(model, args.query, args.gallery, opts)
         print(f"Retrieval on {result['queries']} queries: mAP {result['mAP']:.2f}, "
               f"mP@1 {result['mP@1']:.2f}, mP@5 {result['mP@5']:.2f}, mP@10 {result['mP@10']:.2f}")
         info = {"layout": "folders", **result}
     else:
-        result = evaluate_revisited(model, args.data_path, args.dataset, opts)
         print(f">> {args.dataset}: mAP E: {result['easy']['mAP']:.2f}, M: {result['medium']['mAP']:.2f}, "
               f"H: {result['hard']['mAP']:.2f}")
         for name in ("medium", "hard"):

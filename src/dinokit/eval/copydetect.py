@@ -181,6 +181,7 @@ class CopyDetectOptions:
     num_workers: int = 0
     precision: str = "auto"
     progress: Callable[[str], Callable[[int, int], None]] | None = None
+    distributed: bool = False  # under torchrun: the processes split each extraction (see extract_features)
 
 
 def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, database_dir: str | os.PathLike,
@@ -196,7 +197,8 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
         paths = find_images(folder)[0]
         out = extract_features(model, paths, GemEmbedding(opts.gem_p), SquareResize(opts.imsize),
                                batch_size=opts.batch_size, num_workers=opts.num_workers, precision=opts.precision,
-                               progress=opts.progress(desc) if opts.progress else None)
+                               progress=opts.progress(desc) if opts.progress else None,
+                               distributed=opts.distributed)
         return out.features, out.paths
 
     def pairs(q_paths, db_paths):

@@ -335,15 +335,15 @@ def _from_files(model, embed, images: ImageList, transform, batch_size: int, num
     feats, labels, index = (torch.cat(feats), torch.cat(labels), torch.cat(index)) if feats else (
         torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     if world > 1:
-        feats, labels, index = _gather_rows(feats, labels, index, images.bad, device)
+        feats, labels, index = _gather_rows(feats, labels, index, images.bad)
     if not len(index):
         raise DataError(f"none of the {len(images)} images below {images.root} could be decoded")
     return Features(feats, labels, [str(images.paths[i]) for i in index.tolist()],
                     list(images.classes), dict(images.bad))
 
 
-def _gather_rows(feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bad: dict[str, str],
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gather_rows(feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bad: dict[str, str]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All processes' ``(features [N, D], labels [N], image index [N])``, sorted by image index, on
     every process; ``bad`` gains the files the others could not read."""
     world = dist.get_world_size()
@@ -352,7 +352,8 @@ def _gather_rows(feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
     for _, _, their_bad in meta:
         bad.update(their_bad)
     counts, dim = [m[0] for m in meta], max(m[1] for m in meta)
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    # NCCL moves CUDA tensors only, also for a model run on the CPU (--use_cuda false); gloo CPU ones.
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def gather(rows: torch.Tensor, width: int) -> torch.Tensor:
         buf = torch.zeros(max(counts), width, dtype=rows.dtype, device=comm)

@@ -180,13 +180,14 @@ class RetrievalOptions:
     num_workers: int = 0
     precision: str = "auto"
     progress: Callable[[str], Callable[[int, int], None]] | None = None  # description -> progress(done, total)
+    distributed: bool = False  # under torchrun: the processes split each extraction (see extract_features)
 
 
 def _features(model: nn.Module, images, opts: RetrievalOptions, desc: str):
     embed = MultiScale() if opts.multiscale else Embedding()
     return extract_features(model, images, embed, Thumbnail(opts.imsize), batch_size=opts.batch_size,
                             num_workers=opts.num_workers, precision=opts.precision,
-                            progress=opts.progress(desc) if opts.progress else None)
+                            progress=opts.progress(desc) if opts.progress else None, distributed=opts.distributed)
 
 
 def evaluate_revisited(model: nn.Module, root: str | os.PathLike, dataset: str = "roxford5k",
