@@ -41,3 +41,22 @@ def test_running_the_demo_again_evaluates_the_same_run(cifar_small, tmp_path, ca
     assert again["knn_top1"] == first["knn_top1"]  # the same checkpoint, not a new run
     assert abs(again["minutes"] - first["minutes"]) < 0.05  # its training time, not the few seconds of this call
     assert json.loads((tmp_path / "demo" / "demo_result.json").read_text())["knn_top1"] == first["knn_top1"]
+
+
+def test_demo_finds_the_bundled_images_from_any_folder(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    import pytest
+
+    from dinokit.cli.main import main
+    from dinokit.demo import demo_data
+    from dinokit.errors import DataError
+
+    bundled = Path(__file__).resolve().parents[1] / "data" / "cifar10-demo"
+    monkeypatch.chdir(tmp_path)  # not the clone: the default relative path finds nothing here
+    assert demo_data(Path("data/cifar10-demo")) == bundled and (bundled / "test").is_dir()
+    with pytest.raises(DataError, match="pass --data_root DIR with train/ and test/"):
+        demo_data(tmp_path / "elsewhere")
+    assert main(["demo", "--data_root", "elsewhere", "--output_dir", "out"]) == 2
+    assert "no demo images at elsewhere/train" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from .data import EvalTransform
+from .errors import DataError
 from .eval.features import Embedding, extract_features
 from .eval.knn import knn_classify
 from .models import build_backbone, load_pretrained
 from .train import load_config, train
 from .train.online_knn import decode_pair
 
-__all__ = ["run_demo", "knn_baselines", "knn_table"]
+__all__ = ["run_demo", "demo_data", "knn_baselines", "knn_table"]
 
 log = logging.getLogger("dinokit.demo")
 
@@ -50,10 +51,22 @@ def knn_baselines(teacher: torch.nn.Module, train_dir: str, test_dir: str, image
     return {"dino": r["dino"], "raw_pixels": r["raw_pixels"], "random_init": r["random_init"]}
 
 
+def demo_data(root: Path) -> Path:
+    """``root``, or the clone's bundled subset when the default relative path is run from elsewhere."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return root
+    bundled = Path(__file__).resolve().parents[2] / "data" / "cifar10-demo"  # src/dinokit/demo.py -> clone
+    if root == Path("data/cifar10-demo") and (bundled / "train").is_dir():
+        return bundled
+    raise DataError(f"no demo images at {root}/train and {root}/test: the CIFAR-10 subset ships with the "
+                    f"repository (run `make demo` in a clone), or pass --data_root DIR with train/ and test/ "
+                    f"class folders")
+
+
 def run_demo(output_dir: str = "demo_output", data_root: str = "data/cifar10-demo", minutes: float = 5.0,
              seed: int = 0) -> dict:
     """Train, evaluate and draw; returns the summary that the command prints as its last line."""
-    root, out = Path(data_root), Path(output_dir)
+    root, out = demo_data(Path(data_root)), Path(output_dir)
     cfg = load_config({"data_path": str(root / "train"), "output_dir": str(out), "seed": seed,
                        "time_budget": f"{minutes * 60:.0f}s", "knn_every": 1,
                        "knn_train_path": str(root / "train"), "knn_val_path": str(root / "test")}, preset="demo")

@@ -20,10 +20,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-    summary = run_demo(args.output_dir, args.data_root, args.minutes, args.seed)
+    from pathlib import Path
+
+    from ..demo import demo_data, run_demo
+    root = demo_data(Path(args.data_root))
+    summary = run_demo(args.output_dir, str(root), args.minutes, args.seed)
     knn = summary["knn_top1"]
-    print(f"\nk-NN top-1 on {args.data_root}/test (k=20, T=0.07): DINO teacher {knn['dino']:.1f}%  "
+    print(f"\nk-NN top-1 on {root}/test (k=20, T=0.07): DINO teacher {knn['dino']:.1f}%  "
           f"raw pixels {knn['raw_pixels']:.1f}%  random init {knn['random_init']:.1f}%")
     print(f"pictures: {', '.join(summary.pop('pictures'))}")
     print(json.dumps(summary))
