@@ -105,6 +105,7 @@ class Trainer:
             self.teacher.load_state_dict(self.student.state_dict())  # the weights DDP broadcast
         self.teacher_fwd: nn.Module = self.teacher
         if cfg.compile:
+            log.info("--compile: the first steps compile both networks (a minute or more on a CPU)")
             self.student_ddp = torch.compile(self.student_ddp)
             self.teacher_fwd = torch.compile(self.teacher)
         self.ema = TeacherEMA(self.student, self.teacher)
