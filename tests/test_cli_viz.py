@@ -47,6 +47,20 @@ def test_attention_single_image(weights, cats, tmp_path, capsys):
     assert Image.open(tmp_path / "kept" / "attn-mean.png").size == (32, 32)
 
 
+def test_attention_size_follows_a_small_image_run(cats, tmp_path, caplog):
+    from dinokit.cli.attention import _default_size
+
+    torch.manual_seed(0)
+    small = tmp_path / "cifar_vit.pth"
+    torch.save(vit_tiny(patch_size=8, img_size=32).state_dict(), small)  # trained at 32 px: a 4 x 4 grid
+    with caplog.at_level("INFO", logger="dinokit"):
+        assert main(["attention", "--pretrained_weights", str(small), "--image_path", str(sorted(cats.iterdir())[0]),
+                     "--output_dir", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "attn-mean.png").size == (128, 128)  # not the release's 480
+    assert "attention at 128 px: 4x the 32 px" in caplog.text
+    assert _default_size(224) == (480, 480) and _default_size(None) == (480, 480)  # release weights
+
+
 def test_attention_folder_and_jaccard(weights, cats, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["attention", "--pretrained_weights", str(weights), "--image_path", str(cats), "--output_dir",

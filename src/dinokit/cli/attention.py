@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from .argtypes import natural_int, positive_int
 from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 # Release weights used when --pretrained_weights is not given, as in the official script.
 _DEFAULT_RELEASE = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
@@ -74,8 +77,9 @@ def register(sub) -> None:
                                    "mask-mean.png, mask-overlay.png.")
     add_model_flags(p)
     p.add_argument("--image_path", "--image", required=True, help="an image, or a folder of images")
-    p.add_argument("--image_size", type=natural_int, nargs="+", default=[480, 480],
-                   help="resize to H W (default 480 480), one value: shorter side, 0: keep size")
+    p.add_argument("--image_size", type=natural_int, nargs="+", default=None,
+                   help="resize to H W (default 480 480, or 4x the size a dinokit run on small images trained "
+                        "at: 128 128 for CIFAR), one value: shorter side, 0: keep size")
     p.add_argument("--output_dir", default=".", help="where to save (one sub-folder per image for a folder)")
     add_threshold_flag(p)
     p.add_argument("--gt_masks", default=None,
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import output_folder
     from ..viz.attention import visualize_images
 
-    image_size = image_size_arg(args.image_size)
+    image_size = image_size_arg(args.image_size)  # None: keep each image's size (--image_size 0)
     threshold = check_threshold(args.threshold)
     gt_dir = Path(args.gt_masks).expanduser() if args.gt_masks else None
     if gt_dir is not None and not gt_dir.is_dir():
@@ -108,12 +112,25 @@ def run(args: argparse.Namespace) -> int:
     paths, root = _images(args.image_path, args.output_dir)
     output_folder(args.output_dir)
     model = load_vit(args)
+    if args.image_size is None:
+        image_size = _default_size(model.pretrained_cfg.get("image_size") if hasattr(model, "pretrained_cfg")
+                                   else None)
     results = visualize_images(model, paths, args.output_dir, root, image_size, threshold, gt_dir, args.cmap)
     for r in results:
         print(f"{r.path} -> {r.out_dir}/ ({len(r.files)} PNGs)")
     if gt_dir is not None:
         _print_jaccard(results, Path(args.output_dir), threshold if threshold is not None else 0.6)
     return 0
+
+
+def _default_size(trained: int | None) -> tuple[int, int]:
+    """The release's 480 x 480, or 4x a small training size (32 px CIFAR crops: 480 px would
+    stretch the position embedding 15x; 128 px gives a 16 x 16 grid of 8 px patches)."""
+    if trained and trained < 224:
+        log.info("attention at %d px: 4x the %d px the checkpoint was trained at (--image_size to change)",
+                 4 * trained, trained)
+        return 4 * trained, 4 * trained
+    return 480, 480
 
 
 def _print_jaccard(results, output_dir: Path, threshold: float) -> None:
