@@ -167,6 +167,10 @@ def test_videoseg_command(capsys, cifar_root, tmp_path):
     (["extract", "--data_path", "/tmp", "--output", "/tmp/x.pt", "--patch_size", "-8"], "argument --patch_size"),
     (["linear", "--data_path", "/tmp", "--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
     (["videoseg", "--data_path", "/nonexistent", "--random_init"], "no DAVIS frames"),
+    (["extract", "--data_path", "/tmp", "--output", "/tmp/never.pt", "--random_init", "--arch", "vit_tiny",
+      "--patch_size", "8", "--image_size", "4"], "--image_size 4 is smaller than the 8 px patch"),
+    (["copydetect", "--query", "/tmp", "--database", "/tmp", "--random_init", "--arch", "vit_tiny", "--imsize", "8"],
+     "imsize 8 is smaller than the 16 px patch"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     rc = main(argv)

@@ -127,6 +127,18 @@ def test_images_of_different_sizes_run_one_by_one(vit, cifar_small, tmp_path):
     torch.testing.assert_close(out.features[1:2], single.features)
 
 
+def test_an_image_thinner_than_a_patch_is_skipped_not_fatal(vit, cifar_small, tmp_path, caplog):
+    _, test_dir = cifar_small
+    for f in sorted((test_dir / "dog").iterdir())[:2]:
+        Image.open(f).save(tmp_path / f.name)
+    Image.new("RGB", (640, 12), (90, 120, 200)).save(tmp_path / "strip.png")  # 64 x 1 px at imsize 64
+    with caplog.at_level(logging.WARNING):
+        out = extract_features(vit, tmp_path, transform=Thumbnail(64), batch_size=1, precision="fp32")
+    assert len(out) == 2 and "strip.png" not in str(out.paths)
+    assert "strip.png: 64x1 px after resizing, under the network's 4 px patch" in caplog.text
+    assert list(out.skipped) == [str(tmp_path / "strip.png")]
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])
 def test_feature_files_round_trip(tmp_path, suffix):
     feats = Features(torch.randn(5, 7), torch.tensor([0, 1, 1, 2, 0]), [f"/x/{i}.jpg" for i in range(5)],

@@ -101,6 +101,7 @@ def load_backbone(args: argparse.Namespace):
 
     from ..errors import ConfigError
     from ..runtime import resolve_device
+    from ..eval.features import check_image_size
     from ..models import build_backbone, load_pretrained
 
     device = resolve_device(args.device)
@@ -120,6 +121,8 @@ def load_backbone(args: argparse.Namespace):
         model = load_pretrained(source, arch=args.arch, patch_size=args.patch_size,
                                 checkpoint_key=args.checkpoint_key)
     _default_image_size(args, getattr(model, "pretrained_cfg", {}).get("image_size"))
+    if hasattr(args, "resize"):  # the commands with --image_size / --resize / --crop
+        check_image_size(model, image_sizes(args)[1], "--crop" if args.crop else "--image_size")
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("backbone %s (%s, %d-d) on %s", source, type(model).__name__,

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data import find_images
 from ..errors import ConfigError, DataError
-from .features import extract_features
+from .features import check_image_size, extract_features
 from .retrieval import compute_map, rank_database
 from .transforms import SquareResize
 
@@ -210,6 +210,7 @@ def evaluate_copy_detection(model: nn.Module, query_dir: str | os.PathLike, data
             raise DataError("no query has a matching database image: check the file names or the CSV")
         return found
 
+    check_image_size(model, opts.imsize, "imsize")
     pairs(find_images(query_dir)[0], find_images(database_dir)[0])  # before hours of extraction
     if whitening_dir and len(whitening_files := find_images(whitening_dir)[0]) < 2:
         raise _too_few_for_whitening(len(whitening_files))

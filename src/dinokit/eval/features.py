@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import EvalTransform, ImageDecodeError, ImageList, load_rgb
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, InputShapeError
 from ..safe_load import load_tensors
 from ..runtime import autocast, resolve_precision, usable_workers
 
@@ -281,10 +281,11 @@ def _from_batches(model, embed, batches, total: int, progress) -> Features:
 
 
 class ImageFileDataset(torch.utils.data.Dataset):
-    """Item ``i``: ``(image [3, H, W] or None, label, i, error message)``."""
+    """Item ``i``: ``(image [3, H, W] or None, label, i, error message)``; an image whose side comes
+    out of ``transform`` under ``min_side`` (the network's patch) is skipped like an unreadable one."""
 
-    def __init__(self, images: ImageList, transform):
-        self.images, self.transform = images, transform
+    def __init__(self, images: ImageList, transform, min_side: int = 1):
+        self.images, self.transform, self.min_side = images, transform, min_side
 
     def __len__(self) -> int:
         return len(self.images)
@@ -292,9 +293,13 @@ class ImageFileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, label = self.images.paths[i], self.images.labels[i]
         try:
-            return self.transform(load_rgb(path)), label, i, ""
+            image = self.transform(load_rgb(path))
         except ImageDecodeError as e:
             return None, label, i, str(e)
+        if min(image.shape[-2:]) < self.min_side:
+            h, w = image.shape[-2:]
+            return None, label, i, f"{path}: {w}x{h} px after resizing, under the network's {self.min_side} px patch"
+        return image, label, i, ""
 
 
 def collate_images(items):
@@ -312,7 +317,7 @@ def collate_images(items):
 def _from_files(model, embed, images: ImageList, transform, batch_size: int, num_workers: int,
                 progress, distributed: bool = False) -> Features:
     device = model_device(model)
-    dataset = ImageFileDataset(images, transform)
+    dataset = ImageFileDataset(images, transform, _patch_side(model))
     world = dist.get_world_size() if distributed and dist.is_available() and dist.is_initialized() else 1
     if world > 1:  # process r takes images r, r + world, ...
         dataset = torch.utils.data.Subset(dataset, range(dist.get_rank(), len(images), world))
@@ -323,7 +328,7 @@ def _from_files(model, embed, images: ImageList, transform, batch_size: int, num
     feats, labels, index, done = [], [], [], 0
     for x, y, idx, bad in loader:
         for i, message in bad:
-            log.warning("skipping unreadable image %s", message)
+            log.warning("skipping image %s", message)
             images.bad[str(images.paths[i])] = message
         if len(idx):
             feats.append(embed_batch(model, embed, x, device).cpu())
@@ -340,6 +345,20 @@ def _from_files(model, embed, images: ImageList, transform, batch_size: int, num
         raise DataError(f"none of the {len(images)} images below {images.root} could be decoded")
     return Features(feats, labels, [str(images.paths[i]) for i in index.tolist()],
                     list(images.classes), dict(images.bad))
+
+
+def _patch_side(model: nn.Module) -> int:
+    """The smallest image side ``model`` takes: its patch size (1 for a ResNet)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", 1)
+    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+
+def check_image_size(model: nn.Module, size: int, flag: str) -> None:
+    """Refuse an image size under the network's patch before any image is read (rather than
+    skipping every image one by one)."""
+    if size < (patch := _patch_side(model)):
+        raise InputShapeError(f"{flag} {size} is smaller than the {patch} px patch: every image would be "
+                              f"under one patch; use at least {patch}")
 
 
 def _gather_rows(feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bad: dict[str, str]

@@ -197,7 +197,7 @@ def train_linear_augmented(model: nn.Module, train_images: ImageList, val: Featu
                                              num_workers=usable_workers(num_workers), collate_fn=collate_images)
         for x, y, _, bad in loader:
             for _, message in bad:
-                log.warning("skipping unreadable image %s", message)
+                log.warning("skipping image %s", message)
             if len(y):
                 with torch.no_grad(), autocast(device, precision):
                     feats = embed_batch(model, embed, x, device)

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data import ImageList
 from ..errors import DataError
-from .features import EmbedFn, Embedding, extract_features
+from .features import EmbedFn, Embedding, check_image_size, extract_features
 from .transforms import Thumbnail
 
 __all__ = ["average_precision", "compute_map", "revisited_map", "rank_database", "load_gnd", "MultiScale",
@@ -184,6 +184,7 @@ class RetrievalOptions:
 
 
 def _features(model: nn.Module, images, opts: RetrievalOptions, desc: str):
+    check_image_size(model, opts.imsize, "imsize")
     embed = MultiScale() if opts.multiscale else Embedding()
     return extract_features(model, images, embed, Thumbnail(opts.imsize), batch_size=opts.batch_size,
                             num_workers=opts.num_workers, precision=opts.precision,
