@@ -89,6 +89,20 @@ def test_knn_from_folders_dump_and_reload(capsys, weights, cifar_small, tmp_path
     assert rc3 == 0 and split["results"]["20"]["top1"] == pytest.approx(info["results"]["20"]["top1"], abs=2.0)
 
 
+def test_knn_on_two_classes_and_k_beyond_the_train_set(capsys, caplog, weights, cifar_small, tmp_path):
+    for split, folder in zip(("train", "val"), cifar_small):
+        for name in ("cat", "dog"):
+            shutil.copytree(folder / name, tmp_path / split / name)
+    with caplog.at_level("WARNING", logger="dinokit"):
+        rc, info, _ = run(capsys, "knn", "--data_path", tmp_path, "--pretrained_weights", weights,
+                          "--nb_knn", "5", "100", *COMMON)
+    assert rc == 0 and info["train"] == 60
+    # Top-5 of two classes would be 100% whatever the features: reported as missing, as linear does.
+    assert all(r["top5"] is None and 0 <= r["top1"] <= 100 for r in info["results"].values())
+    assert "100-NN: only 60 train images, so every one of them votes" in caplog.text
+    assert "5-NN:" not in caplog.text
+
+
 def test_linear_trains_saves_and_evaluates(capsys, weights, cifar_small, tmp_path):
     data = cifar_small[0].parent
     out = tmp_path / "linear"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 from .argtypes import positive_float, positive_int
 from .extract import (add_backbone_args, add_bool, add_image_args, add_runtime_args, image_transform,
                       load_backbone, progress)
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -138,15 +141,22 @@ def run(args: argparse.Namespace) -> int:
         train.save(Path(args.dump_features) / "train.pt")
         val.save(Path(args.dump_features) / "val.pt")
     device = resolve_device(args.device) if args.use_cuda else resolve_device("cpu")
+    for k in sorted(k for k in args.nb_knn if k > len(train)):
+        log.warning("%d-NN: only %d train images, so every one of them votes", k, len(train))
     search_start = time.perf_counter()
     results = knn_evaluate(train.features.to(device), train.labels.to(device), val.features, val.labels,
                            ks=args.nb_knn, T=args.temperature, precision=args.precision)
     search_s = time.perf_counter() - search_start
     print(f"k-NN on {len(train)} train / {len(val)} val features ({train.dim}-d), T={args.temperature}")
+    few = len(train.labels.unique()) < 5  # top-5 of fewer classes is 100% whatever the features
+    for r in results.values():
+        r["top5"] = None if few else r["top5"]
     for k, r in results.items():
-        print(f"{k}-NN classifier result: Top1: {r['top1']:.2f}, Top5: {r['top5']:.2f}")
+        top5 = "n/a (fewer than 5 classes)" if few else f"{r['top5']:.2f}"
+        print(f"{k}-NN classifier result: Top1: {r['top1']:.2f}, Top5: {top5}")
     print(json.dumps({"command": "knn", "train": len(train), "val": len(val), "dim": train.dim,
                       "temperature": args.temperature,
-                      "results": {str(k): {m: round(v, 4) for m, v in r.items()} for k, r in results.items()},
+                      "results": {str(k): {m: v if v is None else round(v, 4) for m, v in r.items()}
+                                  for k, r in results.items()},
                       "knn_seconds": round(search_s, 3), "seconds": round(time.perf_counter() - start, 2)}))
     return 0
