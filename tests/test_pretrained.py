@@ -194,6 +194,30 @@ def test_release_name_uses_hub_cache(tmp_path, monkeypatch):
     assert same_weights(model, load_pretrained("dino_vits16"))
 
 
+def test_release_style_load_pretrained_weights_into_an_existing_model(tmp_path, monkeypatch):
+    from dinokit.models import load_pretrained_weights
+
+    torch.manual_seed(0)
+    student = MultiCropWrapper(vit_small(patch_size=16), DINOHead(384, 64))
+    teacher = MultiCropWrapper(vit_small(patch_size=16), DINOHead(384, 64))
+    torch.save({"student": {f"module.{k}": v for k, v in student.state_dict().items()},
+                "teacher": teacher.state_dict(), "epoch": 3}, tmp_path / "full.pth")
+    # The release's call: (model, args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size)
+    model = load_pretrained_weights(vit_small(patch_size=16), str(tmp_path / "full.pth"), "student",
+                                    "vit_small", 16)
+    assert same_weights(model, student.backbone)
+    # No file: the release weights of the architecture, from the hub cache (as the release does).
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    release = vit_small(patch_size=16)
+    torch.save(release.state_dict(), tmp_path / "checkpoints" / "dino_deitsmall16_pretrain.pth")
+    assert same_weights(load_pretrained_weights(vit_small(patch_size=16), "", "teacher", "vit_small", 16), release)
+    with pytest.raises(CheckpointError, match="no DINO release for vit_tiny with patch size 16"):
+        load_pretrained_weights(vit_tiny(patch_size=16), "", "teacher", "vit_tiny", 16)
+    with pytest.raises(CheckpointError, match="shape mismatch"):  # strict, unlike the release
+        load_pretrained_weights(vit_tiny(patch_size=16), str(tmp_path / "full.pth"), "teacher", "vit_tiny", 16)
+
+
 def test_release_name_offline_without_cache_is_actionable(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
 

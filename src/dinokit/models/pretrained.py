@@ -7,6 +7,7 @@ tensors and plain containers, never code.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import re
@@ -21,8 +22,10 @@ from .resnet import resnet18, resnet18_cifar, resnet34, resnet50
 from .transformers_layout import from_transformers_vit, is_transformers_vit
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
-__all__ = ["PRETRAINED_URLS", "load_pretrained", "load_checkpoint_file", "backbone_state_dict",
-           "build_backbone", "infer_arch", "arch_name", "CheckpointError"]
+__all__ = ["PRETRAINED_URLS", "load_pretrained", "load_pretrained_weights", "load_checkpoint_file",
+           "backbone_state_dict", "build_backbone", "infer_arch", "arch_name", "CheckpointError"]
+
+log = logging.getLogger(__name__)
 
 _BASE = "https://dl.fbaipublicfiles.com/dino"
 PRETRAINED_URLS = {
@@ -201,6 +204,31 @@ def load_pretrained(name_or_path: str | os.PathLike, arch: str | None = None, pa
     model.pretrained_cfg = {"source": str(path), "arch": arch_name(arch, patch_size),  # timm's attribute
                             "image_size": training_image_size(ckpt) or small}
     return model.eval()
+
+
+def load_pretrained_weights(model: nn.Module, pretrained_weights: str | os.PathLike, checkpoint_key: str = "teacher",
+                            model_name: str | None = None, patch_size: int | None = None) -> nn.Module:
+    """Load DINO weights into an existing backbone, with the signature of the release's
+    ``utils.load_pretrained_weights`` so that code written for it carries over.
+
+    ``pretrained_weights``: a file (backbone-only or a training checkpoint, read under
+    ``checkpoint_key``) or a release name; an empty or missing path loads the release weights of
+    ``model_name`` / ``patch_size``, as the release does. Unlike the release (``strict=False``),
+    weights that do not fit raise :class:`CheckpointError` listing what differs. Returns ``model``.
+    """
+    source = str(pretrained_weights or "")
+    if not source or not (source in PRETRAINED_URLS or Path(source).expanduser().is_file()):
+        release = "dino_resnet50" if model_name == "resnet50" else \
+            {(a, p): n for n, (a, p) in _RELEASE_ARCH.items()}.get((model_name, patch_size))
+        if release is None:
+            raise CheckpointError(f"no weights file {source!r} and no DINO release for {model_name} with "
+                                  f"patch size {patch_size}")
+        log.info("%s: loading the DINO release %s instead", f"no file {source!r}" if source else
+                 "no weights given", release)
+        source = release
+    sd = backbone_state_dict(load_checkpoint_file(_resolve(source)), checkpoint_key)
+    load_state_dict_strict(model, sd, source=source)
+    return model
 
 
 def training_image_size(ckpt: dict) -> int | None:
