@@ -103,6 +103,17 @@ def test_knn_on_two_classes_and_k_beyond_the_train_set(capsys, caplog, weights, 
     assert "5-NN:" not in caplog.text
 
 
+def test_resnet_features_say_the_vit_flags_do_not_apply(capsys, caplog, cifar_small, tmp_path):
+    from dinokit.models import resnet18_cifar
+
+    torch.save(resnet18_cifar().state_dict(), tmp_path / "r18.pth")
+    with caplog.at_level("INFO", logger="dinokit"):
+        rc, info, _ = run(capsys, "extract", "--data_path", cifar_small[1], "--output", tmp_path / "f.pt",
+                          "--pretrained_weights", tmp_path / "r18.pth", "--n_last_blocks", "4", *COMMON)
+    assert rc == 0 and info["dim"] == 256  # the pooled feature, not 4 x 256
+    assert "--n_last_blocks and --avgpool_patchtokens apply to ViTs only" in caplog.text
+
+
 def test_linear_trains_saves_and_evaluates(capsys, weights, cifar_small, tmp_path):
     data = cifar_small[0].parent
     out = tmp_path / "linear"

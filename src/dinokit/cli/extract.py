@@ -123,6 +123,9 @@ def load_backbone(args: argparse.Namespace):
     _default_image_size(args, getattr(model, "pretrained_cfg", {}).get("image_size"))
     if hasattr(args, "resize"):  # the commands with --image_size / --resize / --crop
         check_image_size(model, image_sizes(args)[1], "--crop" if args.crop else "--image_size")
+    if not hasattr(model, "get_intermediate_layers") and (getattr(args, "n_last_blocks", 1) > 1
+                                                          or getattr(args, "avgpool_patchtokens", False)):
+        log.info("a ResNet gives its pooled feature: --n_last_blocks and --avgpool_patchtokens apply to ViTs only")
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("backbone %s (%s, %d-d) on %s", source, type(model).__name__,
