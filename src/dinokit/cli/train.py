@@ -38,7 +38,7 @@ HELP = {
     "max_steps": "stop after this many iterations (0: no limit)",
     "centering": "teacher centering: center (DINO's EMA center) or sinkhorn_knopp (DINOv2)",
     "koleo_loss_weight": "weight of DINOv2's KoLeo term, which spreads the student's global-crop features",
-    "use_bn_in_head": "batch norm between the head's MLP layers (the release: off for ViTs)",
+    "use_bn_in_head": "batch norm between the head's MLP layers (the demo presets use it)",
     "warmup_teacher_temp_epochs": "epochs of linear teacher temperature warm-up",
     "weight_decay": "weight decay at the start (cosine to --weight_decay_end; none on biases and norms)",
     "weight_decay_end": "weight decay at the end of training",
