@@ -215,6 +215,22 @@ def test_images_far_smaller_than_the_crops_are_warned_about_once(cifar_small, tm
         assert caplog.text.count("median longer side 32 px) for 64 px global crops: each crop is enlarged 2x") == 1
 
 
+def test_batch_norms_become_synchronised_ones_with_the_same_checkpoint_keys(cifar_small, tmp_path):
+    from dinokit.train.networks import has_batch_norms, sync_batch_norms
+
+    cfg = tiny_config(cifar_small[0], tmp_path, arch="resnet18_cifar", use_bn_in_head=True)
+    student, teacher = build_student_teacher(cfg)
+    keys = list(student.state_dict())
+    assert has_batch_norms(student)
+    synced = sync_batch_norms(student, teacher)
+    for net in synced:  # what the release does on GPUs: statistics over the batch of all processes
+        kinds = {type(m) for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        assert kinds == {torch.nn.SyncBatchNorm}
+        assert list(net.state_dict()) == keys
+    vit, _ = build_student_teacher(tiny_config(cifar_small[0], tmp_path))
+    assert not has_batch_norms(vit)  # a ViT with the default head: nothing to synchronise
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):

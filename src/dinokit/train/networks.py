@@ -10,7 +10,7 @@ from ..models import (DINOHead, MultiCropWrapper, ResNet, build_backbone, interp
 from ..models.pretrained import arch_name
 from .config import TrainConfig
 
-__all__ = ["build_student_teacher", "load_backbone_weights"]
+__all__ = ["build_student_teacher", "load_backbone_weights", "has_batch_norms", "sync_batch_norms"]
 
 
 def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -30,6 +30,19 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
     for p in teacher.parameters():
         p.requires_grad = False
     return student, teacher
+
+
+def has_batch_norms(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def sync_batch_norms(student: MultiCropWrapper, teacher: MultiCropWrapper
+                     ) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Both networks with ``SyncBatchNorm``, as the release does on GPUs: batch statistics over
+    the whole batch of all processes, not each process's share. Parameter and buffer names stay
+    those of ``BatchNorm`` (checkpoints are unchanged)."""
+    return (torch.nn.SyncBatchNorm.convert_sync_batchnorm(student),
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(teacher))
 
 
 def load_backbone_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, source: str,

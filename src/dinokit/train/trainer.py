@@ -34,7 +34,7 @@ from .ema import TeacherEMA
 from .fp16 import OverflowMonitor
 from .koleo import koleo_loss
 from .loss import DINOLoss
-from .networks import build_student_teacher, load_backbone_weights
+from .networks import build_student_teacher, has_batch_norms, load_backbone_weights, sync_batch_norms
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from ..progress import ProgressBar
@@ -95,6 +95,11 @@ class Trainer:
         self.skipped.add(self.data.bad_files())
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
+        if self.dist.enabled and has_batch_norms(self.student):
+            if self.device.type == "cuda":
+                self.student, self.teacher = sync_batch_norms(self.student, self.teacher)
+            elif self.main:  # torch's SyncBatchNorm runs on GPUs only
+                log.info("batch norms use each process's share of the batch (SyncBatchNorm needs CUDA)")
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.student_ddp: nn.Module = self.student
