@@ -73,6 +73,8 @@ class Trainer:
         # The process group before the GPU index: under SLURM it is what tells this process its GPU.
         self.dist: DistInfo = init_distributed(kind, cfg.dist_timeout_s, cfg.dist_url, cfg.local_rank)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if self.device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the release does
+            torch.backends.cudnn.benchmark = True
         self.main = self.dist.rank == 0
         self.out = output_folder(cfg.output_dir)
         self.lock = FolderLock(self.out) if self.main else None  # before anything in the folder changes
