@@ -231,6 +231,14 @@ def test_batch_norms_become_synchronised_ones_with_the_same_checkpoint_keys(cifa
     assert not has_batch_norms(vit)  # a ViT with the default head: nothing to synchronise
 
 
+def test_numbered_checkpoints_are_named_as_the_release_names_them(cifar_small, tmp_path):
+    train(tiny_config(cifar_small[0], tmp_path, epochs=5, saveckp_freq=2, batch_size_per_gpu=100))
+    # main_dino.py saves checkpoint{epoch:04}.pth when epoch % saveckp_freq == 0: epochs 0, 2, 4
+    names = sorted(p.name for p in tmp_path.glob("checkpoint*.pth"))
+    assert names == ["checkpoint.pth", "checkpoint0000.pth", "checkpoint0002.pth", "checkpoint0004.pth"]
+    assert torch.load(tmp_path / "checkpoint0002.pth", weights_only=True)["epoch"] == 3  # the next to train
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):

@@ -243,7 +243,8 @@ class Trainer:
                 break
             epoch += 1
             elapsed = self._agree(time.monotonic() - t0)[1]
-            self.save(epoch, 0, elapsed, numbered=cfg.saveckp_freq > 0 and epoch % cfg.saveckp_freq == 0)
+            # checkpoint{e:04}.pth after epochs e = 0, freq, 2 freq ... as the release names them
+            self.save(epoch, 0, elapsed, numbered=cfg.saveckp_freq > 0 and (epoch - 1) % cfg.saveckp_freq == 0)
             t_eval = time.monotonic()
             self._log_epoch(epoch - 1, stats, elapsed, final=self.sched.finished(epoch, elapsed))
             if self.dist.enabled:
