@@ -239,6 +239,23 @@ def test_numbered_checkpoints_are_named_as_the_release_names_them(cifar_small, t
     assert torch.load(tmp_path / "checkpoint0002.pth", weights_only=True)["epoch"] == 3  # the next to train
 
 
+def test_a_run_of_the_release_resumes_from_its_checkpoint(cifar_small, tmp_path, caplog):
+    import argparse
+
+    train(tiny_config(cifar_small[0], tmp_path, epochs=1, warmup_epochs=0))
+    ours = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
+    # As main_dino.py writes it: a DDP-wrapped student, a Namespace of flags, none of dinokit's extras.
+    torch.save({"student": {f"module.{k}": v for k, v in ours["student"].items()}, "teacher": ours["teacher"],
+                "optimizer": ours["optimizer"], "epoch": 1, "dino_loss": ours["dino_loss"],
+                "args": argparse.Namespace(arch="vit_tiny", patch_size=8, out_dim=256, epochs=1)},
+               tmp_path / "checkpoint.pth")
+    with caplog.at_level(logging.INFO, logger="dinokit"):
+        result = train(tiny_config(cifar_small[0], tmp_path, epochs=2, warmup_epochs=0))
+    assert "resumed from" in caplog.text and "at epoch 1, iteration 0" in caplog.text and result["epochs"] == 2
+    after = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert not torch.equal(after["teacher"]["backbone.cls_token"], ours["teacher"]["backbone.cls_token"])
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):
