@@ -92,6 +92,11 @@ def test_attention_video_gif(weights, cats, tmp_path, capsys):
     assert rc == 0 and f"wrote {out}" in capsys.readouterr().out
     with Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (64, 32)
+    # The release's video_generation.py flags: an output folder, a format, --video_only.
+    rc = main(["attention-video", "--pretrained_weights", str(weights), "--input_path", str(cats), "--output_path",
+               str(tmp_path / "release"), "--video_format", "gif", "--video_only", "--resize", "32", "32"])
+    assert rc == 0 and f"wrote {tmp_path / 'release' / 'video.gif'}" in capsys.readouterr().out
+    assert Image.open(tmp_path / "release" / "video.gif").n_frames == 3
 
 
 def test_report_command(tmp_path, cats, capsys):
