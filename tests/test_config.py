@@ -37,6 +37,16 @@ def test_official_defaults():
     assert all(hasattr(cfg, f) for f in OFFICIAL_FLAGS)
 
 
+def test_the_release_old_deit_names_mean_vits():
+    from dinokit.cli.argtypes import arch_flag
+    from dinokit.train import TrainConfig
+
+    assert parse("--arch", "deit_small").arch == "vit_small"  # main_dino.py maps them the same way
+    assert TrainConfig(arch="deit_tiny").arch == "vit_tiny" and arch_flag("resnet50") == "resnet50"
+    args = build_parser().parse_args(["knn", "--arch", "deit_base", "--random_init"])
+    assert args.arch == "vit_base"
+
+
 def test_train_help_shows_each_default_once():
     train_parser = build_parser().commands["train"]
     text = " ".join(train_parser.format_help().split())

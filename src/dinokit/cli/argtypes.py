@@ -18,6 +18,12 @@ def bool_flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def arch_flag(text: str) -> str:
+    """An architecture name; the release's old ``deit_small`` style names mean ``vit_small``, as
+    its ``main_dino.py`` reads them."""
+    return "vit_" + text[len("deit_"):] if text.startswith("deit_") else text
+
+
 def positive_int(text: str) -> int:
     """An integer of at least 1: sizes, counts, batch sizes."""
     return _checked(int, text, lambda v: v >= 1, "an integer of at least 1")

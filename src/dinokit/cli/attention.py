@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from .argtypes import natural_int, positive_int
+from .argtypes import arch_flag, natural_int, positive_int
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained_weights", "--pretrained", default=None,
                    help="checkpoint file or release name (dino_vits16, ...); default: the release "
                         "weights of --arch/--patch_size")
-    p.add_argument("--arch", default=None, help="vit_tiny, vit_small or vit_base (default: inferred)")
+    p.add_argument("--arch", default=None, type=arch_flag, help="vit_tiny, vit_small or vit_base (default: inferred)")
     p.add_argument("--patch_size", type=positive_int, default=None, help="patch size (default: inferred)")
     p.add_argument("--checkpoint_key", default="teacher", help="entry of a full checkpoint (teacher/student)")
 

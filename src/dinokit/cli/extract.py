@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from .argtypes import bool_flag, natural_int, positive_int
+from .argtypes import arch_flag, bool_flag, natural_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained_weights", default="",
                    help="checkpoint to evaluate: a release name (dino_vits16 ...) or a .pth/.safetensors file "
                         "(full training checkpoints too). Empty: the DINO release for --arch/--patch_size")
-    g.add_argument("--arch", default=None, choices=["vit_tiny", "vit_small", "vit_base", "resnet18", "resnet34",
-                                                       "resnet50", "resnet18_cifar"],
+    g.add_argument("--arch", default=None, type=arch_flag,
+                   choices=["vit_tiny", "vit_small", "vit_base", "resnet18", "resnet34", "resnet50", "resnet18_cifar"],
                    help="architecture (default: read off the weights; vit_small without weights)")
     g.add_argument("--patch_size", type=positive_int, default=None,
                    help="ViT patch size (default: from the weights, else 16)")

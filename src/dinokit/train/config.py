@@ -88,6 +88,10 @@ class TrainConfig:
     max_steps: int = 0               # stop after this many iterations (smoke tests, profiling)
     pretrained_weights: str = ""     # start both backbones from these weights (release name or file)
 
+    def __post_init__(self):
+        if self.arch.startswith("deit_"):  # the release's old names, which its main_dino.py maps too
+            self.arch = "vit_" + self.arch[len("deit_"):]
+
     def validate(self) -> "TrainConfig":
         """Raise ``ConfigError`` for values that are out of range or inconsistent."""
         from ..models import ARCHS
