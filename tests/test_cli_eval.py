@@ -356,3 +356,10 @@ def test_load_features_finds_npz_files_in_a_folder(capsys, tmp_path):
     rc, info, _ = run(capsys, "knn", "--load_features", tmp_path, "--nb_knn", "1")
     assert rc == 0 and info["train"] == 4 and info["results"]["1"]["top1"] == 100.0
 
+
+
+def test_a_misspelt_command_gets_the_closest_one(capsys):
+    assert main(["trian", "--data_path", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian' (did you mean train?)" in err and "Traceback" not in err
+    assert main(["--version"]) == 0 and "dinokit" in capsys.readouterr().out

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith(("--local-rank=", "--local_rank=")):
         argv.append(argv.pop(0))  # torch.distributed.launch puts it before the command
     try:
+        if argv and not argv[0].startswith("-") and argv[0] not in parser.commands:
+            guess = difflib.get_close_matches(argv[0], list(parser.commands), n=1)
+            parser.error(f"unknown command {argv[0]!r}" + (f" (did you mean {guess[0]}?)" if guess else "")
+                         + f"; the commands are {', '.join(parser.commands)}")
         args, extra = parser.parse_known_args(argv)
         if extra:
             command = parser.commands.get(args.command, parser)
