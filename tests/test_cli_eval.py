@@ -157,6 +157,18 @@ def test_retrieve_and_copydetect_commands(capsys, weights, cifar_small, tmp_path
     assert rc == 0 and info["queries"] == 6 and info["mAP"] == pytest.approx(100.0)
 
 
+def test_copydetect_reads_the_copydays_layout_of_the_release(capsys, weights, cifar_small, tmp_path):
+    root = tmp_path / "copydays"
+    for name in ("original", "strong", "jpegqual/50"):
+        (root / name).mkdir(parents=True)
+    for i, f in enumerate(sorted((cifar_small[1] / "ship").iterdir())[:5]):
+        Image.open(f).save(root / "original" / f"{2000 + i}00.jpg")
+        Image.open(f).rotate(15).save(root / "strong" / f"{2000 + i}_s.jpg")  # same first 4 characters
+    rc, info, _ = run(capsys, "copydetect", "--data_path", root, "--pretrained_weights", weights, "--imsize", "32",
+                      "--num_workers", "0", "--quiet")
+    assert rc == 0 and info["queries"] == 5 and info["database"] == 5 and 0 < info["mAP"] <= 100
+
+
 def test_videoseg_command(capsys, cifar_root, tmp_path):
     from test_eval_videoseg import make_sequence
 

@@ -4,18 +4,23 @@
 ``distractors/`` and ``whitening/``; each can also be given on its own (``--query``,
 ``--database``, ``--distractors_path``, ``--whitening_path``). A query matches the database images
 with the same file stem, or the same first ``--match_prefix`` characters, or the pairs of a
-``--gt_csv`` file (``query,database`` rows).
+``--gt_csv`` file (``query,database`` rows). A ``--data_path`` in the Copydays layout of the
+release's command (``original/``, ``strong/``, ...) scores the strong block against the originals
+by 4-character name prefixes, the number the paper reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 from .argtypes import positive_float, positive_int
 from .extract import add_backbone_args, add_bool, add_runtime_args, load_backbone, progress
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -55,6 +60,11 @@ def _folder(explicit: str | None, root: Path | None, name: str, required: bool) 
     return None
 
 
+def _copydays_layout(root: Path) -> bool:
+    """The Copydays folders the release's eval_copy_detection.py reads (original/, strong/ ...)."""
+    return (root / "original").is_dir() and (root / "strong").is_dir() and not (root / "query").is_dir()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval.copydetect import CopyDetectOptions, evaluate_copy_detection
     from ..train.distributed import is_main
@@ -63,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"
     start = time.perf_counter()
     root = Path(args.data_path) if args.data_path else None
+    if root is not None and _copydays_layout(root) and not (args.query or args.database):
+        # The release's --data_path: the Copydays "strong" block against the originals, the paper's number.
+        log.info("Copydays layout in %s: the strong block as queries, original/ as database (4-character "
+                 "name prefixes match)", root)
+        args.query, args.database = str(root / "strong"), str(root / "original")
+        args.match_prefix = args.match_prefix or 4
     query, database = _folder(args.query, root, "query", True), _folder(args.database, root, "database", True)
     distractors = _folder(args.distractors_path, root, "distractors", False)
     whitening = _folder(args.whitening_path, root, "whitening", False)
