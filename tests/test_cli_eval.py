@@ -84,6 +84,15 @@ def test_knn_from_folders_dump_and_reload(capsys, weights, cifar_small, tmp_path
     assert (tmp_path / "dump" / "train.pt").is_file() and (tmp_path / "dump" / "val.pt").is_file()
     rc2, again, _ = run(capsys, "knn", "--load_features", tmp_path / "dump", "--nb_knn", "10", "20")
     assert rc2 == 0 and again["results"] == info["results"]
+    # The release's four files (what its eval_knn.py --load_features reads): L2-normalised rows.
+    rc, _, _ = run(capsys, "knn", "--data_path", train_dir.parent, "--pretrained_weights", weights,
+                   "--dump_features", tmp_path / "release", "--dump_format", "release", *COMMON)
+    feats = torch.load(tmp_path / "release" / "trainfeat.pth", weights_only=True)
+    labels = torch.load(tmp_path / "release" / "testlabels.pth", weights_only=True)
+    assert rc == 0 and feats.shape == (300, 192) and labels.shape == (100,)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(300))
+    rc, from_release, _ = run(capsys, "knn", "--load_features", tmp_path / "release", "--nb_knn", "10", "20")
+    assert rc == 0 and from_release["results"] == info["results"]
     rc3, split, _ = run(capsys, "knn", "--train_path", train_dir, "--val_path", test_dir, "--pretrained_weights",
                         weights, "--nb_knn", "10", "20", "--precision", "fp32", *COMMON)
     assert rc3 == 0 and split["results"]["20"]["top1"] == pytest.approx(info["results"]["20"]["top1"], abs=2.0)
@@ -306,7 +315,7 @@ def test_info_describes_feature_files_and_linear_probes(capsys, tmp_path):
         torch.save(torch.arange(n) % 3, release / f"{split}labels.pth")
     assert main(["info", str(release)]) == 0
     out = capsys.readouterr().out
-    assert "the release's eval_knn.py" in out and "trainfeat.pth: 6 rows x 8, 3 distinct labels" in out
+    assert "layout of the release's eval_knn.py" in out and "trainfeat.pth: 6 rows x 8, 3 distinct labels" in out
     torch.save({"state_dict": LinearClassifier(8, 3).state_dict(), "top1": 61.5, "classes": ["a", "b", "c"]},
                tmp_path / "probe.pth")
     assert main(["info", str(tmp_path / "probe.pth")]) == 0

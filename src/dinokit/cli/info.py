@@ -54,7 +54,7 @@ def _describe_dump(folder: Path) -> bool:
 
     if (folder / "trainfeat.pth").is_file() and (folder / "testfeat.pth").is_file():
         pairs = zip(("trainfeat.pth", "testfeat.pth"), load_official_dump(folder))
-        source = "the release's eval_knn.py --dump_features"
+        source = "--dump_features in the layout of the release's eval_knn.py"
     elif (folder / "train.pt").is_file() and (folder / "val.pt").is_file():
         pairs = ((name, load_features(folder / name)) for name in ("train.pt", "val.pt"))
         source = "dinokit knn --dump_features"

@@ -32,6 +32,9 @@ def register(sub) -> None:
     g.add_argument("--load_features", nargs="+", metavar="PATH",
                    help="a folder of dumped features, or two feature files: TRAIN VAL (.pt / .npz)")
     g.add_argument("--dump_features", metavar="DIR", help="save the extracted features as DIR/train.pt and DIR/val.pt")
+    g.add_argument("--dump_format", default="dinokit", choices=["dinokit", "release"],
+                   help="release: the four files of eval_knn.py (trainfeat.pth, testfeat.pth, trainlabels.pth, "
+                        "testlabels.pth; L2-normalised features) instead of train.pt/val.pt with paths and classes")
     k = p.add_argument_group("k-NN")
     k.add_argument("--nb_knn", type=positive_int, nargs="+", default=[10, 20, 100, 200], help="values of k")
     k.add_argument("--temperature", type=positive_float, default=0.07, help="temperature T of the vote weights")
@@ -83,6 +86,20 @@ def load_feature_pair(paths: list[str]):
     if train.dim != val.dim:
         raise ConfigError(f"train features are {train.dim}-d but val features {val.dim}-d")
     return train, align_classes(train.classes, val)
+
+
+def save_dump(folder: Path, train, val, layout: str = "dinokit") -> None:
+    """``train.pt`` / ``val.pt``, or the release's four files, which its ``--load_features`` reads."""
+    import torch
+    import torch.nn.functional as F
+
+    if layout == "dinokit":
+        train.save(folder / "train.pt")
+        val.save(folder / "val.pt")
+        return
+    for split, feats in (("train", train), ("test", val)):
+        torch.save(F.normalize(feats.features, dim=1), folder / f"{split}feat.pth")
+        torch.save(feats.labels, folder / f"{split}labels.pth")
 
 
 def _feature_file(folder: Path, split: str) -> Path:
@@ -138,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_main():  # under torchrun the others helped extract; process 0 searches and reports
         return 0
     if args.dump_features and not args.load_features:
-        train.save(Path(args.dump_features) / "train.pt")
-        val.save(Path(args.dump_features) / "val.pt")
+        save_dump(Path(args.dump_features), train, val, args.dump_format)
     device = resolve_device(args.device) if args.use_cuda else resolve_device("cpu")
     for k in sorted(k for k in args.nb_knn if k > len(train)):
         log.warning("%d-NN: only %d train images, so every one of them votes", k, len(train))
