@@ -123,6 +123,21 @@ def test_resnet_features_say_the_vit_flags_do_not_apply(capsys, caplog, cifar_sm
     assert "--n_last_blocks and --avgpool_patchtokens apply to ViTs only" in caplog.text
 
 
+def test_linear_evaluate_without_a_classifier_takes_the_release_one(capsys, cifar_small, tmp_path, monkeypatch):
+    from dinokit.models import vit_small
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # the release files, "downloaded" before
+    (tmp_path / "checkpoints").mkdir()
+    torch.manual_seed(0)
+    torch.save(vit_small(patch_size=16).state_dict(), tmp_path / "checkpoints" / "dino_deitsmall16_pretrain.pth")
+    linear = torch.nn.Linear(4 * 384, 10)  # eval_linear.py's layout: a DDP-wrapped LinearClassifier
+    state = {f"module.linear.{k}": v.detach() for k, v in linear.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "checkpoints" / "dino_deitsmall16_linearweights.pth")
+    rc, info, _ = run(capsys, "linear", "--evaluate", "--arch", "vit_small", "--patch_size", "16", "--data_path",
+                      cifar_small[1].parent, "--n_last_blocks", "4", *COMMON)
+    assert rc == 0 and info["evaluate"] is True and info["val"] == 100 and 0 <= info["top1"] <= 100
+
+
 def test_linear_trains_saves_and_evaluates(capsys, weights, cifar_small, tmp_path):
     data = cifar_small[0].parent
     out = tmp_path / "linear"

@@ -19,6 +19,12 @@ _RELEASES = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
              ("vit_base", 16): "dino_vitb16", ("vit_base", 8): "dino_vitb8"}
 
 
+def release_name(arch: str | None, patch_size: int | None) -> str | None:
+    """The DINO release for ``--arch`` / ``--patch_size`` (the release's defaults: vit_small, 16)."""
+    arch, patch = arch or "vit_small", patch_size or 16
+    return "dino_resnet50" if arch == "resnet50" else _RELEASES.get((arch, patch))
+
+
 def add_bool(p: argparse.ArgumentParser, name: str, help: str, default: bool = False) -> None:
     """``--name`` alone means true; ``--name false`` / ``--name True`` are accepted too."""
     p.add_argument(name, nargs="?", const=True, default=default, type=bool_flag, metavar="BOOL", help=help)
@@ -113,7 +119,7 @@ def load_backbone(args: argparse.Namespace):
         source = args.pretrained_weights
         if not source:
             arch, patch = args.arch or "vit_small", args.patch_size or 16
-            source = "dino_resnet50" if arch == "resnet50" else _RELEASES.get((arch, patch))
+            source = release_name(args.arch, args.patch_size)
             if source is None:
                 raise ConfigError(f"DINO released no {arch}/{patch} weights: pass --pretrained_weights FILE "
                                   f"or --random_init")

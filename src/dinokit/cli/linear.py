@@ -46,7 +46,8 @@ def register(sub) -> None:
     t.add_argument("--num_labels", type=positive_int, default=None, help="number of classes (default: from the data)")
     add_bool(t, "--augment", "official path: random-resized crops + flips through the backbone at every epoch")
     t.add_argument("--output_dir", default=".", help="where linear.pth and log.txt are written")
-    t.add_argument("--evaluate", action="store_true", help="only evaluate the classifier of --pretrained_linear")
+    t.add_argument("--evaluate", action="store_true",
+                   help="only evaluate the classifier of --pretrained_linear (default: the release's for --arch)")
     t.add_argument("--pretrained_linear", help="a linear.pth or a release *_linearweights.pth file")
     add_backbone_args(p)
     add_runtime_args(p)
@@ -79,15 +80,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_linear(args) -> str:
+    """Without --pretrained_linear, the release's ImageNet classifier of the release backbone that
+    --arch / --patch_size name, as its eval_linear.py --evaluate does."""
+    from ..errors import ConfigError
+    from ..models.pretrained import LINEAR_URLS, cached_download
+    from .extract import release_name
+
+    name = None if args.pretrained_weights else release_name(args.arch, args.patch_size)
+    if name is None:
+        raise ConfigError("--evaluate needs --pretrained_linear FILE (the release's classifiers go with its "
+                          "backbones: dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50)")
+    log.info("no --pretrained_linear: the release's ImageNet classifier of %s", name)
+    return str(cached_download(LINEAR_URLS[name]))
+
+
 def _evaluate(args, embed, start: float) -> int:
     from ..errors import ConfigError
     from ..eval.features import align_classes
     from ..eval.linear import evaluate_classifier, load_classifier
     from ..train.distributed import is_main
 
-    if not args.pretrained_linear:
-        raise ConfigError("--evaluate needs --pretrained_linear FILE")
-    classifier = load_classifier(args.pretrained_linear)
+    classifier = load_classifier(args.pretrained_linear or _release_linear(args))
     if args.load_features:
         val = load_feature_pair(args.load_features)[1]
     else:

@@ -22,8 +22,9 @@ from .resnet import resnet18, resnet18_cifar, resnet34, resnet50
 from .transformers_layout import from_transformers_vit, is_transformers_vit
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
-__all__ = ["PRETRAINED_URLS", "load_pretrained", "load_pretrained_weights", "load_checkpoint_file",
-           "backbone_state_dict", "build_backbone", "infer_arch", "arch_name", "CheckpointError"]
+__all__ = ["PRETRAINED_URLS", "LINEAR_URLS", "cached_download", "load_pretrained", "load_pretrained_weights",
+           "load_checkpoint_file", "backbone_state_dict", "build_backbone", "infer_arch", "arch_name",
+           "CheckpointError"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ PRETRAINED_URLS = {
     "dino_vitb8": f"{_BASE}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
     "dino_resnet50": f"{_BASE}/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
 }
+# The release's linear classifiers on ImageNet, trained on each backbone's frozen features.
+LINEAR_URLS = {name: url.replace("_pretrain.pth", "_linearweights.pth") for name, url in PRETRAINED_URLS.items()}
 _RELEASE_ARCH = {"dino_vits16": ("vit_small", 16), "dino_vits8": ("vit_small", 8),
                  "dino_vitb16": ("vit_base", 16), "dino_vitb8": ("vit_base", 8),
                  "dino_resnet50": ("resnet50", None)}
@@ -148,7 +151,11 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
             raise CheckpointError(f"{str(name_or_path)!r} is neither a file nor one of the release names "
                                   f"{', '.join(PRETRAINED_URLS)}{hub}")
         return path
-    url = PRETRAINED_URLS[str(name_or_path)]
+    return cached_download(PRETRAINED_URLS[str(name_or_path)])
+
+
+def cached_download(url: str) -> Path:
+    """The release file at ``url`` in the torch hub cache, downloaded there if absent."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
