@@ -38,7 +38,7 @@ def test_attention_single_image(weights, cats, tmp_path, capsys):
     assert rc == 0
     assert "14 PNGs" in capsys.readouterr().out
     for name in ["img.png", "attn-mean.png", "attn-overlay.png", "mask-overlay.png", "mask-mean.png"] + [
-            f"{k}{i}.png" for i in range(3) for k in ("attn-head", "mask-head", "mask-overlay-head")]:
+            f"{k}{i}.png" for i in range(3) for k in ("attn-head", "mask-head", "mask_th0.6_head")]:
         assert Image.open(tmp_path / name).size == (48, 48), name  # 32 px image, shorter side to 48
     mask = np.asarray(Image.open(tmp_path / "mask-head0.png"))
     assert set(np.unique(mask)) <= {0, 255} and (mask > 0).any()

@@ -140,7 +140,7 @@ def test_save_attention_images(model, cat, tmp_path):
     paths = save_attention_images(maps, tmp_path / "out")
     names = {p.name for p in paths}
     expected = {"img.png", "attn-mean.png", "attn-overlay.png", "mask-overlay.png", "mask-mean.png"}
-    expected |= {f"{k}{i}.png" for i in range(3) for k in ("attn-head", "mask-head", "mask-overlay-head")}
+    expected |= {f"{k}{i}.png" for i in range(3) for k in ("attn-head", "mask-head", "mask_th0.5_head")}
     assert names == expected
     for p in paths:
         assert Image.open(p).size == (32, 32)

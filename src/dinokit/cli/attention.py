@@ -73,8 +73,8 @@ def register(sub) -> None:
     p = sub.add_parser("attention", help="self-attention maps (and masks) of images",
                        description="Save the last block's class-token attention of every head as PNGs: "
                                    "attn-head{i}.png, attn-mean.png, attn-overlay.png, img.png; with "
-                                   "--threshold also mask-head{i}.png, mask-overlay-head{i}.png, "
-                                   "mask-mean.png, mask-overlay.png.")
+                                   "--threshold also mask-head{i}.png, mask_th{threshold}_head{i}.png (as the "
+                                   "release), mask-mean.png, mask-overlay.png.")
     add_model_flags(p)
     p.add_argument("--image_path", "--image", required=True, help="an image, or a folder of images")
     p.add_argument("--image_size", type=natural_int, nargs="+", default=None,

@@ -208,7 +208,8 @@ def save_attention_images(maps: AttentionMaps, out_dir: str | os.PathLike, cmap:
 
     ``img.png`` (input as seen), ``attn-head{i}.png``, ``attn-mean.png``, ``attn-overlay.png``
     (mean attention over the image); with masks: ``mask-head{i}.png`` (white = kept),
-    ``mask-overlay-head{i}.png``, ``mask-mean.png`` and ``mask-overlay.png`` (all heads, one
+    ``mask_th{threshold}_head{i}.png`` (the mask over the image, named as the release's
+    visualize_attention.py names it), ``mask-mean.png`` and ``mask-overlay.png`` (all heads, one
     colour each).
     """
     out = Path(out_dir)
@@ -222,7 +223,7 @@ def save_attention_images(maps: AttentionMaps, out_dir: str | os.PathLike, cmap:
         for i, m in enumerate(maps.masks):
             paths.append(_save(m.astype(np.uint8) * 255, out / f"mask-head{i}.png"))
             paths.append(_save(mask_overlay(maps.image, m[None], colors[i:i + 1]),
-                               out / f"mask-overlay-head{i}.png"))
+                               out / f"mask_th{maps.threshold}_head{i}.png"))
         paths.append(_save(maps.mean_mask.astype(np.uint8) * 255, out / "mask-mean.png"))
         paths.append(_save(mask_overlay(maps.image, maps.masks, colors, alpha=0.35),
                            out / "mask-overlay.png"))
