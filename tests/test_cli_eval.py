@@ -245,6 +245,7 @@ def test_a_failing_command_leaves_no_files(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["linear", "--data_path", str(tmp_path / "missing"), "--random_init"]) == 2
     assert main(["linear", "--augment", "--load_features", "a.pt", "b.pt"]) == 2
+    assert main(["train", "--data_path", str(tmp_path / "missing"), "--output_dir", "run"]) == 2
     capsys.readouterr()
     assert list(tmp_path.iterdir()) == []
 

@@ -76,12 +76,16 @@ class Trainer:
         if self.device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the release does
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.rank == 0
+        made = not Path(cfg.output_dir).exists()
         self.out = output_folder(cfg.output_dir)
         self.lock = FolderLock(self.out) if self.main else None  # before anything in the folder changes
         try:
             self._build(cfg)
         except BaseException:
             self.release()
+            if made and self.main and not any(self.out.iterdir()):  # a refused run leaves no empty folder
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
             raise
 
     def release(self) -> None:
