@@ -246,6 +246,14 @@ def test_a_failing_command_leaves_no_files(capsys, tmp_path, monkeypatch):
     assert main(["linear", "--data_path", str(tmp_path / "missing"), "--random_init"]) == 2
     assert main(["linear", "--augment", "--load_features", "a.pt", "b.pt"]) == 2
     assert main(["train", "--data_path", str(tmp_path / "missing"), "--output_dir", "run"]) == 2
+    # Output folders a failing command had just made are removed; folders that were there stay.
+    assert main(["knn", "--random_init", "--data_path", "missing", "--dump_features", "dump/deep"]) == 2
+    assert main(["extract", "--random_init", "--data_path", "missing", "--output", "feats/f.pt"]) == 2
+    (tmp_path / "kept").mkdir()
+    assert main(["export", "missing.pth", "--output", "kept/b.pth"]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    capsys.readouterr()
+    (tmp_path / "kept").rmdir()
     capsys.readouterr()
     assert list(tmp_path.iterdir()) == []
 

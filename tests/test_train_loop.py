@@ -256,6 +256,12 @@ def test_a_run_of_the_release_resumes_from_its_checkpoint(cifar_small, tmp_path,
     assert not torch.equal(after["teacher"]["backbone.cls_token"], ours["teacher"]["backbone.cls_token"])
 
 
+def test_a_refused_run_leaves_no_output_folder_behind(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        train(tiny_config(tmp_path / "no_images_here", tmp_path / "runs" / "a"))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):

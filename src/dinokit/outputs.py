@@ -4,6 +4,7 @@ an hour of training or feature extraction."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -15,12 +16,34 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
+# Folders output_folder made inside removing_new_folders_on_error(), newest last.
+_made: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("dinokit_made_folders", default=None)
+
+
+@contextlib.contextmanager
+def removing_new_folders_on_error():
+    """Within this block, a command that fails removes the output folders it made and left empty
+    (``--output_dir`` of a run refused for a missing data folder, say)."""
+    token = _made.set([])
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(_made.get() or []):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
+    finally:
+        _made.reset(token)
+
 
 def output_folder(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
     """``path`` as a folder that exists and accepts new files, or a one-line ``DataError``."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{flag} {str(path)!r} is a file, not a folder: give a folder for the outputs")
+    made = _made.get()
+    if made is not None:  # the missing folders along the path, outermost first
+        made += [p for p in reversed([folder, *folder.parents]) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

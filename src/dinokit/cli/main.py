@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from ..errors import DinokitError
+from ..outputs import removing_new_folders_on_error
 from ..runtime import configure_logging
 from .launch import takes_part
 
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not takes_part(args):
             return 0
-        return int(args.func(args) or 0)
+        with removing_new_folders_on_error():
+            return int(args.func(args) or 0)
     except DinokitError as e:
         print(f"dinokit {args.command}: error: {e}", file=sys.stderr)
         return 2

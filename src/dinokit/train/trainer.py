@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import DataError, DinokitError
 from ..models.pretrained import CheckpointError, arch_name
-from ..outputs import FolderLock, output_folder
+from ..outputs import FolderLock, output_folder, removing_new_folders_on_error
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
@@ -76,17 +76,14 @@ class Trainer:
         if self.device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the release does
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.rank == 0
-        made = not Path(cfg.output_dir).exists()
-        self.out = output_folder(cfg.output_dir)
-        self.lock = FolderLock(self.out) if self.main else None  # before anything in the folder changes
-        try:
-            self._build(cfg)
-        except BaseException:
-            self.release()
-            if made and self.main and not any(self.out.iterdir()):  # a refused run leaves no empty folder
-                with contextlib.suppress(OSError):
-                    self.out.rmdir()
-            raise
+        with removing_new_folders_on_error():  # a refused run leaves no empty --output_dir behind
+            self.out = output_folder(cfg.output_dir)
+            self.lock = FolderLock(self.out) if self.main else None  # before anything in the folder changes
+            try:
+                self._build(cfg)
+            except BaseException:
+                self.release()
+                raise
 
     def release(self) -> None:
         """Let another run use the output folder (at the end of ``fit``; a dead process lets go by itself)."""
