@@ -71,6 +71,14 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     assert cfg.global_crops_scale == (0.3, 1.0) and cfg.use_fp16 is False
 
 
+def test_a_preset_named_in_the_yaml_file_is_applied(tmp_path):
+    (tmp_path / "c.yaml").write_text("preset: demo\nlr: 0.002\n")
+    cfg = parse("--config", str(tmp_path / "c.yaml"))
+    assert (cfg.preset, cfg.arch, cfg.patch_size, cfg.out_dim) == ("demo", "vit_tiny", 8, 1024) and cfg.lr == 0.002
+    both = parse("--config", str(tmp_path / "c.yaml"), "--preset", "cifar")  # the command line wins
+    assert (both.preset, both.patch_size, both.lr) == ("cifar", 4, 0.002)
+
+
 @pytest.mark.parametrize("values,match", [
     ({"global_crops_size": 30, "patch_size": 4}, "not a multiple of --patch_size"),
     ({"optimizer": "adam"}, "--optimizer"),

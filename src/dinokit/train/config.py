@@ -245,15 +245,19 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,
                 preset: str | None = None) -> TrainConfig:
-    """Defaults < preset < YAML file < explicit overrides (flags given on the command line)."""
+    """Defaults < preset < YAML file < explicit overrides (flags given on the command line). The
+    preset may also be named by the YAML file or the overrides (``preset: demo``)."""
+    from_file = _read_yaml(config_file) if config_file else {}
+    preset = preset or (overrides or {}).get("preset") or from_file.get("preset")
     values: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
         values.update(PRESETS[preset], preset=preset)
-    if config_file:
-        values.update(_read_yaml(config_file))
+    values.update(from_file)
     values.update(overrides or {})
+    if preset:
+        values["preset"] = preset  # the one applied, when the command line and the file name two
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
