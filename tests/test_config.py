@@ -109,8 +109,9 @@ def test_inconsistent_values(values, match, tmp_path):
 
 
 def test_unknown_and_mistyped_yaml_keys(tmp_path):
-    (tmp_path / "a.yaml").write_text("lerning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="unknown configuration key.*lerning_rate"):
+    (tmp_path / "a.yaml").write_text("lerning_rate: 0.1\nbatch-size-per-gpu: 8\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration key\(s\): batch-size-per-gpu \(did you mean "
+                                          r"batch_size_per_gpu\?\), lerning_rate$"):
         load_config(config_file=str(tmp_path / "a.yaml"))
     (tmp_path / "b.yaml").write_text("epochs: ten\n")
     with pytest.raises(ConfigError, match="epochs: 'ten' is not a valid int"):

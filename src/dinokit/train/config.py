@@ -262,9 +262,16 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | None
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown configuration key(s): {', '.join(_with_guess(k, known) for k in unknown)}")
     typed = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     return TrainConfig(**typed).validate()
+
+
+def _with_guess(key: str, known: set[str]) -> str:
+    """``key (did you mean batch_size_per_gpu?)`` when a known key is close (dashes read as underscores)."""
+    import difflib
+    guess = difflib.get_close_matches(str(key).replace("-", "_"), sorted(known), n=1, cutoff=0.6)
+    return f"{key} (did you mean {guess[0]}?)" if guess else str(key)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
