@@ -37,6 +37,18 @@ def test_official_defaults():
     assert all(hasattr(cfg, f) for f in OFFICIAL_FLAGS)
 
 
+def test_train_config_built_in_code_converts_or_refuses_its_values():
+    from dinokit.train import TrainConfig
+
+    cfg = TrainConfig(global_crops_scale=[0.3, 1], lr="1e-3", norm_last_layer="false", epochs=20.0)
+    assert (cfg.global_crops_scale, cfg.lr, cfg.norm_last_layer, cfg.epochs) == ((0.3, 1.0), 0.001, False, 20)
+    assert type(cfg.epochs) is int
+    with pytest.raises(ConfigError, match="lr: 'abc' is not a valid float"):
+        TrainConfig(lr="abc")
+    with pytest.raises(ConfigError, match="epochs: 2.5 is not a valid int"):
+        TrainConfig(epochs=2.5)
+
+
 def test_the_release_old_deit_names_mean_vits():
     from dinokit.cli.argtypes import arch_flag
     from dinokit.train import TrainConfig

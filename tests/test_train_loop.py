@@ -262,6 +262,13 @@ def test_a_refused_run_leaves_no_output_folder_behind(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_takes_a_dict_of_flag_values(cifar_small, tmp_path):
+    result = train({**TINY, "data_path": str(cifar_small[0]), "output_dir": str(tmp_path), "max_steps": 2})
+    assert result["epochs"] == 0 and (tmp_path / "checkpoint.pth").is_file()
+    with pytest.raises(TypeError, match="takes a TrainConfig or a dict"):
+        train(str(tmp_path))
+
+
 def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp_path):
     train_dir, test_dir = cifar_small
     for cls in ("ship", "truck"):

@@ -89,6 +89,10 @@ class TrainConfig:
     pretrained_weights: str = ""     # start both backbones from these weights (release name or file)
 
     def __post_init__(self):
+        # Values from code may be strings or lists (TrainConfig(lr="1e-3")): the field types, or ConfigError.
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         if self.arch.startswith("deit_"):  # the release's old names, which its main_dino.py maps too
             self.arch = "vit_" + self.arch[len("deit_"):]
 

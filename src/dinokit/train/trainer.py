@@ -27,7 +27,7 @@ from ..outputs import FolderLock, output_folder, removing_new_folders_on_error
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
-from .config import TrainConfig, parse_duration
+from .config import TrainConfig, load_config, parse_duration
 from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
 from .ema import TeacherEMA
@@ -466,8 +466,13 @@ def _strip(sd: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train a DINO model as ``cfg`` says; resumes from ``cfg.output_dir`` when a checkpoint is there."""
+def train(cfg: TrainConfig | dict) -> dict:
+    """Train a DINO model as ``cfg`` says (a ``TrainConfig``, or a dict of flag values for
+    ``load_config``); resumes from ``cfg.output_dir`` when a checkpoint is there."""
+    if isinstance(cfg, dict):
+        cfg = load_config(cfg)
+    elif not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train() takes a TrainConfig or a dict of flag values, not {type(cfg).__name__}")
     try:
         return Trainer(cfg).fit()
     finally:
