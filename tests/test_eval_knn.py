@@ -170,3 +170,7 @@ def test_raw_pixels_on_real_cifar_beat_chance(cifar_root):
         knn_predict(train.features, train.labels, test.features).tolist()
     with pytest.raises(DataError, match="whole numbers"):
         knn_classify(train.features, train.labels + 0.5, test.features, test.labels)
+    with pytest.raises(DataError, match="class labels must be 0, 1, 2 ..., got -1"):
+        knn_classify(train.features, train.labels - 1, test.features, test.labels)
+    with pytest.raises(ConfigError, match="temperature must be positive"):
+        knn_classify(train.features, train.labels, test.features, test.labels, T=0.0)

@@ -154,6 +154,8 @@ def knn_votes(sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tenso
               T: float = 0.07) -> torch.Tensor:
     """Class scores ``[M, C]``: ``sum`` over the neighbours ``index [M, k]`` of ``exp(sims [M, k] / T)``
     added to each neighbour's class ``train_labels [N]``."""
+    if not T > 0:  # exp(sim / 0) is inf for every neighbour: every vote the same
+        raise ConfigError(f"the k-NN temperature must be positive, got {T}")
     labels = train_labels.to(index.device)[index]
     weights = (sims / T).exp()
     return torch.zeros(len(sims), num_classes, dtype=weights.dtype, device=weights.device).scatter_add_(
@@ -165,6 +167,8 @@ def _labels(labels) -> torch.Tensor:
     labels = torch.as_tensor(labels)
     if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise DataError("class labels must be whole numbers")
+    if len(labels) and int(labels.min()) < 0:
+        raise DataError(f"class labels must be 0, 1, 2 ..., got {int(labels.min())}")
     return labels.long()
 
 
