@@ -211,6 +211,8 @@ def test_multicrop_wrapper_equals_per_crop_calls():
     assert calls_joint == [6, 12]  # one backbone call per resolution run
     assert out.shape == (18, 128)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="non-empty list"):
+        model([])
 
 
 def test_drop_path_is_per_sample_and_off_in_eval():

@@ -36,6 +36,8 @@ class MultiCropWrapper(nn.Module):
     def forward_backbone(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Backbone features ``[n_crops * B, D]`` in input order."""
         crops = x if isinstance(x, (list, tuple)) else [x]
+        if not crops:
+            raise ValueError("MultiCropWrapper takes a tensor [B, 3, H, W] or a non-empty list of them")
         feats, start = [], 0
         for end in _resolution_runs(crops):
             out = self.backbone(torch.cat(crops[start:end]))
