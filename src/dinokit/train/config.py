@@ -262,13 +262,11 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | None
     values.update(overrides or {})
     if preset:
         values["preset"] = preset  # the one applied, when the command line and the file name two
-    hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown configuration key(s): {', '.join(_with_guess(k, known) for k in unknown)}")
-    typed = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    return TrainConfig(**typed).validate()
+    return TrainConfig(**values).validate()  # __post_init__ converts the values to the field types
 
 
 def _with_guess(key: str, known: set[str]) -> str:
