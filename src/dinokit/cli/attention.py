@@ -15,9 +15,6 @@ from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# Release weights used when --pretrained_weights is not given, as in the official script.
-_DEFAULT_RELEASE = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
-                    ("vit_base", 16): "dino_vitb16", ("vit_base", 8): "dino_vitb8"}
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -56,7 +53,8 @@ def load_vit(args: argparse.Namespace):
 
     weights = args.pretrained_weights
     if weights is None:
-        weights = _DEFAULT_RELEASE.get((args.arch or "vit_small", args.patch_size or 16))
+        from ..models.pretrained import release_name
+        weights = release_name(args.arch, args.patch_size)
         if weights is None:
             raise ConfigError("no --pretrained_weights given and no release weights exist for "
                               f"--arch {args.arch} --patch_size {args.patch_size}")

@@ -15,16 +15,6 @@ from .argtypes import arch_flag, bool_flag, natural_int, positive_int
 
 log = logging.getLogger(__name__)
 
-_RELEASES = {("vit_small", 16): "dino_vits16", ("vit_small", 8): "dino_vits8",
-             ("vit_base", 16): "dino_vitb16", ("vit_base", 8): "dino_vitb8"}
-
-
-def release_name(arch: str | None, patch_size: int | None) -> str | None:
-    """The DINO release for ``--arch`` / ``--patch_size`` (the release's defaults: vit_small, 16)."""
-    arch, patch = arch or "vit_small", patch_size or 16
-    return "dino_resnet50" if arch == "resnet50" else _RELEASES.get((arch, patch))
-
-
 def add_bool(p: argparse.ArgumentParser, name: str, help: str, default: bool = False) -> None:
     """``--name`` alone means true; ``--name false`` / ``--name True`` are accepted too."""
     p.add_argument(name, nargs="?", const=True, default=default, type=bool_flag, metavar="BOOL", help=help)
@@ -109,6 +99,7 @@ def load_backbone(args: argparse.Namespace):
     from ..runtime import resolve_device
     from ..eval.features import check_image_size
     from ..models import build_backbone, load_pretrained
+    from ..models.pretrained import release_name
 
     device = resolve_device(args.device)
     if args.random_init:

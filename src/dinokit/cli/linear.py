@@ -84,8 +84,7 @@ def _release_linear(args) -> str:
     """Without --pretrained_linear, the release's ImageNet classifier of the release backbone that
     --arch / --patch_size name, as its eval_linear.py --evaluate does."""
     from ..errors import ConfigError
-    from ..models.pretrained import LINEAR_URLS, cached_download
-    from .extract import release_name
+    from ..models.pretrained import LINEAR_URLS, cached_download, release_name
 
     name = None if args.pretrained_weights else release_name(args.arch, args.patch_size)
     if name is None:

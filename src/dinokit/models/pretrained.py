@@ -23,7 +23,7 @@ from .transformers_layout import from_transformers_vit, is_transformers_vit
 from .vision_transformer import vit_base, vit_small, vit_tiny
 
 __all__ = ["PRETRAINED_URLS", "LINEAR_URLS", "cached_download", "load_pretrained", "load_pretrained_weights",
-           "load_checkpoint_file", "backbone_state_dict", "build_backbone", "infer_arch", "arch_name",
+           "load_checkpoint_file", "backbone_state_dict", "build_backbone", "infer_arch", "arch_name", "release_name",
            "CheckpointError"]
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ LINEAR_URLS = {name: url.replace("_pretrain.pth", "_linearweights.pth") for name
 _RELEASE_ARCH = {"dino_vits16": ("vit_small", 16), "dino_vits8": ("vit_small", 8),
                  "dino_vitb16": ("vit_base", 16), "dino_vitb8": ("vit_base", 8),
                  "dino_resnet50": ("resnet50", None)}
+def release_name(arch: str | None, patch_size: int | None) -> str | None:
+    """The DINO release for an architecture and patch size (the release's defaults: vit_small, 16)."""
+    arch = arch or "vit_small"
+    wanted = (arch, None if arch.startswith("resnet") else patch_size or 16)
+    return next((name for name, built in _RELEASE_ARCH.items() if built == wanted), None)
+
+
 _VIT_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base, "resnet18": resnet18,
          "resnet34": resnet34, "resnet50": resnet50, "resnet18_cifar": resnet18_cifar}
@@ -225,8 +232,7 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str | os.PathL
     """
     source = str(pretrained_weights or "")
     if not source or not (source in PRETRAINED_URLS or Path(source).expanduser().is_file()):
-        release = "dino_resnet50" if model_name == "resnet50" else \
-            {(a, p): n for n, (a, p) in _RELEASE_ARCH.items()}.get((model_name, patch_size))
+        release = release_name(model_name, patch_size)
         if release is None:
             raise CheckpointError(f"no weights file {source!r} and no DINO release for {model_name} with "
                                   f"patch size {patch_size}")
