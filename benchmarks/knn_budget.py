@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from dinokit.data import EvalTransform  # noqa: E402
+from dinokit.errors import DinokitError  # noqa: E402
 from dinokit.eval.features import extract_features  # noqa: E402
 from dinokit.eval.knn import knn_classify  # noqa: E402
 from dinokit.models import load_pretrained  # noqa: E402
@@ -67,4 +68,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DinokitError as e:  # a bad --set, a missing folder, a stop by signal: one line, no traceback
+        sys.exit(f"knn_budget: {e}")
