@@ -10,7 +10,8 @@ number of operator calls per step, which shows launch-bound work on a GPU.
 ``--wall`` (CPU) times each operator by the wall clock around its call instead: on the AMX
 machines torch.profiler reported element-wise backward operators 4-6x slower than they run
 (GELU's backward 13 ms a call in the profile, 3 ms by the clock), which points at the wrong
-operators. ``--shapes`` splits the rows by the operands' shapes, strides and dtypes.
+operators. ``--shapes`` (implies ``--wall``) splits the rows by the operands' shapes, strides
+and dtypes.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def main() -> None:
     ap = step_parser(__doc__, steps=2)
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
     ap.add_argument("--wall", action="store_true", help="time each operator by the wall clock (CPU)")
-    ap.add_argument("--shapes", action="store_true", help="with --wall: one row per operand shapes")
+    ap.add_argument("--shapes", action="store_true", help="--wall with one row per operand shapes")
     args = ap.parse_args()
+    args.wall = args.wall or args.shapes
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(args.preset, args.data, out, precision=args.precision, compile=args.compile,
                                 **json.loads(args.set))

@@ -16,7 +16,6 @@ from ..errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """``--pretrained_weights --arch --patch_size --checkpoint_key`` (shared with attention-video)."""
     p.add_argument("--pretrained_weights", "--pretrained", default=None,

@@ -41,6 +41,8 @@ LINEAR_URLS = {name: url.replace("_pretrain.pth", "_linearweights.pth") for name
 _RELEASE_ARCH = {"dino_vits16": ("vit_small", 16), "dino_vits8": ("vit_small", 8),
                  "dino_vitb16": ("vit_base", 16), "dino_vitb8": ("vit_base", 8),
                  "dino_resnet50": ("resnet50", None)}
+
+
 def release_name(arch: str | None, patch_size: int | None) -> str | None:
     """The DINO release for an architecture and patch size (the release's defaults: vit_small, 16)."""
     arch = arch or "vit_small"
