@@ -155,6 +155,17 @@ def test_durations():
     assert parse_duration("2") == 120
     with pytest.raises(ConfigError):
         parse_duration("30 minutes")
+    for zero in ("0", "0m", "0h0s"):  # a bare zero once slipped past the check and crashed the trainer
+        with pytest.raises(ConfigError, match="positive"):
+            parse_duration(zero)
+
+
+@pytest.mark.parametrize("off", ["0", "0m", "0.0s", "off", "none", ""])
+def test_a_zero_time_budget_switches_a_presets_budget_off(off):
+    cfg = load_config({"data_path": "d", "output_dir": "o", "time_budget": off, "epochs": 20}, preset="demo")
+    assert cfg.time_budget == "" and cfg.epochs == 20
+    half_minute = load_config({"data_path": "d", "output_dir": "o", "time_budget": "0.5m"}, preset="demo")
+    assert half_minute.time_budget == "0.5m"
 
 
 def test_cli_reports_bad_flag_in_one_line(tmp_path):

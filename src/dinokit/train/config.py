@@ -93,6 +93,8 @@ class TrainConfig:
         hints = get_type_hints(type(self))
         for f in fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if _budget_off(self.time_budget):  # `--time_budget 0` switches a preset's budget off
+            self.time_budget = ""
         if self.arch.startswith("deit_"):  # the release's old names, which its main_dino.py maps too
             self.arch = "vit_" + self.arch[len("deit_"):]
 
@@ -203,14 +205,21 @@ def parse_duration(text: str) -> float:
     """Seconds in ``"90s"``, ``"30m"``, ``"1h30m"``, ``"2h"`` or a bare number of minutes."""
     text = str(text).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text) * 60
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-        raise ConfigError(f"--time_budget {text!r}: use a duration such as 90s, 30m, 1h30m")
-    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        seconds = float(text) * 60
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+            raise ConfigError(f"--time_budget {text!r}: use a duration such as 90s, 30m, 1h30m (0: no budget)")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
     if seconds <= 0:
         raise ConfigError("--time_budget must be positive")
     return seconds
+
+
+def _budget_off(text: str) -> bool:
+    """Whether a ``--time_budget`` value means none: empty, off, none, or zero in any unit."""
+    text = str(text).strip().lower()
+    return text in ("", "off", "none") or re.fullmatch(r"(0+(\.0*)?\s*[hms]?)+", text) is not None
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
