@@ -292,7 +292,8 @@ def test_online_knn_matches_val_labels_to_train_classes_by_name(cifar_small, tmp
     assert not (tmp_path / "run" / "checkpoint.pth").exists() and not (tmp_path / "run" / "log.txt").exists()
 
 
-def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them(cifar_small, tmp_path):
+def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them(cifar_small, tmp_path,
+                                                                                 monkeypatch):
     from dinokit.errors import ConfigError
     from dinokit.models import interpolate_pos_embed, resnet18_cifar, vit_tiny
     train_dir, _ = cifar_small
@@ -314,5 +315,6 @@ def test_pretrained_weights_start_both_backbones_and_a_resume_does_not_need_them
     assert train(tiny_config(train_dir, tmp_path / "run", pretrained_weights=str(tmp_path / "w.pth"),
                              max_steps=2))["epochs"] == 0
     torch.save(resnet18_cifar().state_dict(), tmp_path / "r.pth")
+    monkeypatch.setattr("dinokit.train.trainer.TrainBatches", lambda *a: pytest.fail("data read before refusing"))
     with pytest.raises(ConfigError, match="holds resnet18_cifar weights but this run builds vit_tiny/8"):
         Trainer(tiny_config(train_dir, tmp_path / "run2", pretrained_weights=str(tmp_path / "r.pth"))).fit()

@@ -10,7 +10,8 @@ from ..models import (DINOHead, MultiCropWrapper, ResNet, build_backbone, interp
 from ..models.pretrained import arch_name
 from .config import TrainConfig
 
-__all__ = ["build_student_teacher", "load_backbone_weights", "has_batch_norms", "sync_batch_norms"]
+__all__ = ["build_student_teacher", "pretrained_backbone", "load_backbone_weights", "has_batch_norms",
+           "sync_batch_norms"]
 
 
 def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -45,16 +46,21 @@ def sync_batch_norms(student: MultiCropWrapper, teacher: MultiCropWrapper
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(teacher))
 
 
-def load_backbone_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, source: str,
-                          cfg: TrainConfig) -> None:
-    """Start both backbones from pretrained weights (DINO on one's own images from the release's
-    ViT-S/16, say); the heads keep their fresh initialisation. A ViT's position embedding is
-    resized to the grid of the global crops."""
+def pretrained_backbone(source: str, cfg: TrainConfig) -> torch.nn.Module:
+    """The backbone in ``--pretrained_weights``, or ``ConfigError`` when it is not the run's architecture."""
     pretrained = load_pretrained(source)  # its architecture read off its tensors
     found, wanted = pretrained.pretrained_cfg["arch"], arch_name(cfg.arch, cfg.patch_size)
     if found != wanted:
         raise ConfigError(f"--pretrained_weights {source} holds {found} weights but this run builds {wanted}: "
                           f"set --arch / --patch_size to {found}")
+    return pretrained
+
+
+def load_backbone_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, pretrained: torch.nn.Module,
+                          cfg: TrainConfig, source: str) -> None:
+    """Start both backbones from ``pretrained`` (``pretrained_backbone``: DINO on one's own images
+    from the release's ViT-S/16, say); the heads keep their fresh initialisation. A ViT's position
+    embedding is resized to the grid of the global crops."""
     sd, target = pretrained.state_dict(), student.backbone
     if "pos_embed" in sd and sd["pos_embed"].shape != target.pos_embed.shape:
         grid = cfg.global_crops_size // cfg.patch_size

@@ -34,7 +34,8 @@ from .ema import TeacherEMA
 from .fp16 import OverflowMonitor
 from .koleo import koleo_loss
 from .loss import DINOLoss
-from .networks import build_student_teacher, has_batch_norms, load_backbone_weights, sync_batch_norms
+from .networks import (build_student_teacher, has_batch_norms, load_backbone_weights, pretrained_backbone,
+                       sync_batch_norms)
 from .online_knn import OnlineKNN
 from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
 from ..progress import ProgressBar
@@ -93,6 +94,9 @@ class Trainer:
     def _build(self, cfg: TrainConfig) -> None:
         if self.main:
             remove_stale_temporaries(self.out)
+        # Fresh runs read --pretrained_weights before decoding the data, so a file that does not fit fails fast.
+        fresh = cfg.pretrained_weights and not (self.out / "checkpoint.pth").exists()
+        self._pretrained = pretrained_backbone(cfg.pretrained_weights, cfg) if fresh else None
         self.data = TrainBatches(cfg, self.dist, self.device)
         self.skipped = SkippedFiles(self.out / "skipped_files.txt", set(map(str, self.data.images.paths)), self.main)
         self.skipped.add(self.data.bad_files())
@@ -149,8 +153,10 @@ class Trainer:
     def resume(self) -> None:
         ckpt = load_for_resume(self.out)
         if ckpt is None:  # a fresh run: random backbones, or the --pretrained_weights given
-            if self.cfg.pretrained_weights:
-                load_backbone_weights(self.student, self.teacher, self.cfg.pretrained_weights, self.cfg)
+            if self._pretrained is not None:
+                load_backbone_weights(self.student, self.teacher, self._pretrained, self.cfg,
+                                      self.cfg.pretrained_weights)
+                self._pretrained = None  # its memory back
                 log.info("backbones start from %s", self.cfg.pretrained_weights)
             return
         where = f"cannot resume from {self.out / 'checkpoint.pth'}"
