@@ -94,6 +94,7 @@ def test_a_preset_named_in_the_yaml_file_is_applied(tmp_path):
 @pytest.mark.parametrize("values,match", [
     ({"global_crops_size": 30, "patch_size": 4}, "not a multiple of --patch_size"),
     ({"optimizer": "adam"}, "--optimizer"),
+    ({"out_dim": 1}, "--out_dim 1 makes the loss 0"),
     ({"arch": "vit_huge"}, "--arch"),
     ({"local_crops_scale": (0.5, 0.2)}, "local_crops_scale"),
     ({"time_budget": "soon"}, "time_budget"),

@@ -124,6 +124,8 @@ class TrainConfig:
                      if getattr(self, name) <= 0]
         problems += [f"--{name} cannot be negative, got {getattr(self, name)}" for name in _NON_NEGATIVE
                      if getattr(self, name) < 0]
+        if self.out_dim == 1:  # a softmax over one prototype is 1 whatever the input: nothing to learn
+            problems.append("--out_dim 1 makes the loss 0 for any image: use 2 or more (65536 in the paper)")
         if not 0 <= self.drop_path_rate < 1:
             problems.append(f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0 <= self.center_momentum <= 1:
