@@ -205,23 +205,32 @@ PRESETS["cifar_resnet"] = dict(PRESETS["demo"], arch="resnet18_cifar", time_budg
 
 def parse_duration(text: str) -> float:
     """Seconds in ``"90s"``, ``"30m"``, ``"1h30m"``, ``"2h"`` or a bare number of minutes."""
-    text = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text) * 60
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-            raise ConfigError(f"--time_budget {text!r}: use a duration such as 90s, 30m, 1h30m (0: no budget)")
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    seconds = _seconds(text)
     if seconds <= 0:
         raise ConfigError("--time_budget must be positive")
     return seconds
 
 
-def _budget_off(text: str) -> bool:
-    """Whether a ``--time_budget`` value means none: empty, off, none, or zero in any unit."""
+def _seconds(text: str) -> float:
+    """``parse_duration`` without the check that the duration is positive."""
     text = str(text).strip().lower()
-    return text in ("", "off", "none") or re.fullmatch(r"(0+(\.0*)?\s*[hms]?)+", text) is not None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"--time_budget {text!r}: use a duration such as 90s, 30m, 1h30m (0: no budget)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _budget_off(text: str) -> bool:
+    """Whether a ``--time_budget`` value means none: empty, off, none, or a duration of zero."""
+    text = str(text).strip().lower()
+    if text in ("", "off", "none"):
+        return True
+    try:
+        return _seconds(text) == 0
+    except ConfigError:  # not a duration: validate() reports it
+        return False
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
