@@ -13,7 +13,7 @@ import time
 import torch
 
 from dinokit.models import resnet
-from dinokit.models.small_map_conv import Conv2d, im2col_weight_grad
+from dinokit.models.small_map_conv import im2col_weight_grad
 
 
 def _ms(fn, repeat: int = 20) -> float:
@@ -42,8 +42,8 @@ def conv_inputs(arch: str, size: int, batch: int) -> list[tuple[torch.nn.Conv2d,
     return list(seen.values())
 
 
-def time_weight_grads(conv: torch.nn.Conv2d, shape: tuple[int, ...]) -> tuple[float, float, tuple[int, int]]:
-    """``(oneDNN ms, im2col ms, output map)`` of ``conv``'s weight gradient for inputs of ``shape``."""
+def time_weight_grads(conv: torch.nn.Conv2d, shape: tuple[int, ...]) -> tuple[float, float, tuple[int, int], bool]:
+    """``(oneDNN ms, im2col ms, output map, whether conv takes im2col)`` for inputs of ``shape``."""
     cl = torch.channels_last
     x = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=cl)
     w = conv.weight.detach().bfloat16().contiguous(memory_format=cl)
@@ -52,7 +52,7 @@ def time_weight_grads(conv: torch.nn.Conv2d, shape: tuple[int, ...]) -> tuple[fl
     onednn = _ms(lambda: torch.ops.aten.convolution_backward(
         g, x, w, None, conv.stride, conv.padding, (1, 1), False, (0, 0), 1, (False, True, False)))
     im2col = _ms(lambda: im2col_weight_grad(g, x, conv.kernel_size, conv.stride, conv.padding))
-    return onednn, im2col, (g.shape[2], g.shape[3])
+    return onednn, im2col, (g.shape[2], g.shape[3]), conv.uses_im2col(x)
 
 
 def main() -> None:
@@ -64,8 +64,7 @@ def main() -> None:
     print(f"{'input':>22} {'conv':>16} {'out map':>8} {'oneDNN ms':>10} {'im2col ms':>10}  path")
     total_onednn = total_chosen = 0.0
     for conv, shape in conv_inputs(args.arch, args.size, args.batch):
-        onednn, im2col, (ho, wo) = time_weight_grads(conv, shape)
-        small = ho * wo <= Conv2d.small_map
+        onednn, im2col, (ho, wo), small = time_weight_grads(conv, shape)
         total_onednn += onednn
         total_chosen += im2col if small else onednn
         kind = f"{conv.in_channels}>{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]}/{conv.stride[0]}"

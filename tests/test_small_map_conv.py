@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dinokit.models import resnet18_cifar
-from dinokit.models.small_map_conv import Conv2d
+from dinokit.models import small_map_conv
+from dinokit.models.small_map_conv import Conv2d, im2col_weight_grad
 
 
 def _twins(cin, cout, k, stride, padding):
@@ -33,7 +34,7 @@ def _grads(conv, x, autocast):
 def test_gradients_equal_nn_conv2d_in_fp32(k, stride, padding, size):
     ours, ref = _twins(16, 24, k, stride, padding)
     x = torch.randn(4, 16, size, size).contiguous(memory_format=torch.channels_last)
-    assert ours._im2col_pays(x)
+    assert ours.uses_im2col(x)
     for a, b in zip(_grads(ours, x, False), _grads(ref, x, False)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -50,29 +51,31 @@ def test_bf16_autocast_gives_fp32_weight_gradients_close_to_nn_conv2d():
 
 def test_large_maps_frozen_weights_and_inference_keep_the_stock_path():
     conv, _ = _twins(8, 8, 3, 1, 1)
-    assert not conv._im2col_pays(torch.randn(2, 8, 12, 12))  # 144 positions
-    assert conv._im2col_pays(torch.randn(2, 8, 6, 6))
+    assert not conv.uses_im2col(torch.randn(2, 8, 12, 12))  # 144 positions
+    assert conv.uses_im2col(torch.randn(2, 8, 6, 6))
     with torch.no_grad():
-        assert not conv._im2col_pays(torch.randn(2, 8, 6, 6))
+        assert not conv.uses_im2col(torch.randn(2, 8, 6, 6))
     conv.weight.requires_grad_(False)
-    assert not conv._im2col_pays(torch.randn(2, 8, 6, 6))
+    assert not conv.uses_im2col(torch.randn(2, 8, 6, 6))
 
 
-def test_a_resnet_step_matches_one_built_of_nn_conv2d():
-    """resnet18_cifar's weight gradients on 24 px crops (3x3 and 6x6 maps take the new path)."""
+def test_a_resnet_step_matches_the_stock_path(monkeypatch):
+    """resnet18_cifar's gradients on 24 px crops, whose 6x6 and 3x3 maps take the im2col path."""
     torch.manual_seed(0)
-    ours = resnet18_cifar()
-    ref = resnet18_cifar()
-    for m in list(ref.modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, Conv2d):
-                plain = torch.nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
-                                        child.stride, child.padding, bias=False)
-                setattr(m, child_name, plain)
-    ref.load_state_dict(ours.state_dict())
-    assert not any(isinstance(m, Conv2d) for m in ref.modules())
-    x = torch.randn(8, 3, 24, 24)
-    for model in (ours, ref):
+    model, x = resnet18_cifar(), torch.randn(8, 3, 24, 24)
+    calls = []
+    monkeypatch.setattr(small_map_conv, "im2col_weight_grad",
+                        lambda *a: calls.append(1) or im2col_weight_grad(*a))
+
+    def grads():
+        model.zero_grad()
         model(x).square().sum().backward()
-    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=name)
+        return [p.grad.clone() for p in model.parameters()]
+
+    ours = grads()
+    assert len(calls) == 10  # the convolutions of layer3 and layer4
+    monkeypatch.setattr(Conv2d, "small_map", 0)  # every convolution on nn.Conv2d's own path
+    stock = grads()
+    assert len(calls) == 10
+    for (name, _), a, b in zip(model.named_parameters(), ours, stock):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)

@@ -65,7 +65,7 @@ class Conv2d(nn.Conv2d):
     small_map = 49  # positions: 7x7 and below gained 1.2-10x on AMX, 12x12 and up lost (benchmarks/conv_grad.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._im2col_pays(x):
+        if not self.uses_im2col(x):
             return super().forward(x)
         weight = self.weight
         if torch.is_autocast_enabled("cpu"):  # cast here: autocast is off inside, so both match
@@ -74,7 +74,8 @@ class Conv2d(nn.Conv2d):
         with torch.autocast("cpu", enabled=False):
             return _Im2colConv.apply(x, weight, self.stride, self.padding)
 
-    def _im2col_pays(self, x: torch.Tensor) -> bool:
+    def uses_im2col(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the im2col weight gradient (the rule ``conv_grad.py`` prints)."""
         if (x.device.type != "cpu" or not torch.is_grad_enabled() or not self.weight.requires_grad
                 or self.bias is not None or self.groups != 1 or self.dilation != (1, 1)
                 or not isinstance(self.padding, tuple) or self.padding_mode != "zeros"):
