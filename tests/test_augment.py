@@ -150,6 +150,20 @@ def test_without_augmentation_it_is_the_normalised_image(cifar_batch):
         assert 0 < same.sum() < len(same)  # flipped with p = 0.5
 
 
+def test_a_calls_global_scale_overrides_the_configured_area_range(cifar_batch):
+    images, hw = cifar_batch
+    aug = DINOMultiCrop(global_crops_scale=(0.1, 0.2), local_crops_scale=(0.1, 0.2), ratio=(1, 1), global_size=32,
+                        local_size=16, local_crops_number=2, p_jitter=0, p_gray=0, p_blur=(0, 0, 0), p_solarize=0)
+    ref = normalize(images)
+    whole = aug(images, hw, torch.Generator().manual_seed(3), global_scale=(1.0, 1.0))
+    small = aug(images, hw, torch.Generator().manual_seed(3))
+    for crop, zoomed in zip(whole[:2], small[:2]):  # whole images now, zoomed-in crops by default
+        diff = torch.minimum((crop - ref).abs().amax((1, 2, 3)), (crop - ref.flip(-1)).abs().amax((1, 2, 3)))
+        assert diff.max() < 1e-4
+        assert (zoomed - ref).abs().amax((1, 2, 3)).min() > 0.1
+    assert all(torch.equal(a, b) for a, b in zip(whole[2:], small[2:]))  # local crops keep their range
+
+
 def _changed(aug_on, aug_off, images, hw, seed=0):
     """Per crop and image: did turning one op on change the output? (same random draws)"""
     a = aug_on(images, hw, torch.Generator().manual_seed(seed))

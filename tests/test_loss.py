@@ -11,7 +11,7 @@ from dinokit.errors import ConfigError
 from dinokit.train import DINOLoss, cosine_scheduler
 from dinokit.train.config import TrainConfig
 from dinokit.train.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
-from dinokit.train.schedules import Schedules, cosine_at, crop_size_at
+from dinokit.train.schedules import Schedules, cosine_at, crop_scale_at, crop_size_at
 
 
 def pairwise_reference(student, teacher, center, ncrops, student_temp, teacher_temp):
@@ -111,6 +111,19 @@ def test_progressive_resizing_grows_the_global_crops_by_epochs_and_by_time():
     assert "global_size" not in Schedules(TrainConfig(epochs=20), 10).at(0, 0, 0.0)  # off by default
     with pytest.raises(ConfigError, match="global_crops_size_start"):
         TrainConfig(global_crops_size=32, global_crops_size_start=48).validate()
+
+
+def test_crop_curriculum_moves_the_least_area_of_the_global_crops_by_epochs_and_by_time():
+    ranges = [crop_scale_at(p, 0.5, (0.2, 1.0)) for p in (-1, 0, 0.5, 1, 2)]
+    assert [lo for lo, _ in ranges] == pytest.approx([0.5, 0.5, 0.35, 0.2, 0.2]) and {hi for _, hi in ranges} == {1.0}
+    cfg = TrainConfig(global_crops_scale=(0.2, 1.0), global_crops_scale_start=0.5, epochs=4, warmup_epochs=1)
+    lows = [Schedules(cfg, niter_per_ep=10).at(it, it // 10, 0.0)["global_scale"][0] for it in range(40)]
+    assert lows[0] == pytest.approx(0.5) and lows[-1] == pytest.approx(0.2) and lows == sorted(lows, reverse=True)
+    by_time = Schedules(cfg, niter_per_ep=10, budget_s=100.0)
+    assert [by_time.at(0, 0, t)["global_scale"][0] for t in (0, 50, 100)] == pytest.approx([0.5, 0.35, 0.2])
+    assert "global_scale" not in Schedules(TrainConfig(epochs=20), 10).at(0, 0, 0.0)  # off by default
+    with pytest.raises(ConfigError, match="global_crops_scale_start"):
+        TrainConfig(global_crops_scale=(0.2, 0.8), global_crops_scale_start=0.9).validate()
 
 
 def test_param_groups_clip_and_freeze():

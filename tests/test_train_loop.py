@@ -149,7 +149,7 @@ def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
     train_dir, _ = cifar_small
     cfg = tiny_config(train_dir, tmp_path, time_budget="6s", epochs=100, warmup_epochs=10,
                       warmup_teacher_temp=0.02, teacher_temp=0.04, warmup_teacher_temp_epochs=50,
-                      global_crops_size_start=16)
+                      global_crops_size_start=16, global_crops_scale=(0.3, 1.0), global_crops_scale_start=0.9)
     result = train(cfg)
     assert 4 < result["elapsed_s"] < 30
     steps = read_jsonl(tmp_path / "metrics.jsonl")
@@ -160,6 +160,8 @@ def test_time_budget_fits_the_whole_schedule(cifar_small, tmp_path):
     assert steps[-1]["momentum"] > 0.999 and steps[-1]["teacher_temp"] == pytest.approx(0.04)
     sizes = [s["global_size"] for s in steps]  # progressive resizing: 16 px, then 24, then 32
     assert sizes[0] == 16 and sizes[-1] == 32 and sizes == sorted(sizes)
+    lows = [s["global_scale"][0] for s in steps]  # crop curriculum: the least area from 0.9 towards 0.3
+    assert lows[0] > 0.8 and lows[-1] < 0.4 and lows == sorted(lows, reverse=True)
 
 
 def test_forced_collapse_is_flagged_and_healthy_run_is_not(cifar_small, tmp_path):

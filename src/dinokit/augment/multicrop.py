@@ -72,7 +72,8 @@ class DINOMultiCrop:
 
     Returns ``[B, 3, global_size, global_size]`` twice, then ``[B, 3, local_size, local_size]``
     ``local_crops_number`` times, ImageNet-normalised, dtype ``out_dtype``, on ``images``' device.
-    A call's ``global_size`` overrides the configured one (progressive resizing).
+    A call's ``global_size`` and ``global_scale`` override the configured size and area range of
+    the global crops (progressive resizing, crop curriculum).
     """
 
     def __init__(self, global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4),
@@ -100,7 +101,8 @@ class DINOMultiCrop:
 
     def __call__(self, images: torch.Tensor, hw: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, out_dtype: torch.dtype | None = None,
-                 global_size: int | None = None) -> list[torch.Tensor]:
+                 global_size: int | None = None, global_scale: tuple[float, float] | None = None
+                 ) -> list[torch.Tensor]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"DINOMultiCrop takes uint8 RGB images [B, 3, H, W] (values 0-255), got "
                              f"{images.dtype} {tuple(images.shape)}")
@@ -112,7 +114,7 @@ class DINOMultiCrop:
         if B == 0:
             return [images.new_empty((0, 3, s, s), dtype=dtype)
                     for s in [global_size] * 2 + [c.local_size] * c.local_crops_number]
-        groups = self._groups(B, global_size)
+        groups = self._groups(B, global_size, tuple(global_scale or c.global_crops_scale))
         n_rows = [len(g[2]) for g in groups]
         plans = [_plan(c, u, p_blur, p_sol, B)
                  for u, (_, _, p_blur, p_sol) in zip(_uniforms(sum(n_rows), generator).split(n_rows), groups)]
@@ -131,14 +133,14 @@ class DINOMultiCrop:
             crops += self._augment(xf, boxes, plans[i], d, counts[i], size, dtype).split(B)
         return crops
 
-    def _groups(self, B: int, global_size: int) -> list[tuple]:
+    def _groups(self, B: int, global_size: int, global_scale: tuple[float, float]) -> list[tuple]:
         """(size, scale, p_blur [n], p_solarize [n]) of the global crops, then of the local ones."""
         c, n = self.cfg, self.cfg.local_crops_number * B
         p_blur = torch.full((2 * B,), c.p_blur[0])
         p_blur[B:] = c.p_blur[1]
         p_sol = torch.zeros(2 * B)
         p_sol[B:] = c.p_solarize
-        groups = [(global_size, c.global_crops_scale, p_blur, p_sol)]
+        groups = [(global_size, global_scale, p_blur, p_sol)]
         if n:
             groups.append((c.local_size, c.local_crops_scale, torch.full((n,), c.p_blur[2]), torch.zeros(n)))
         return groups

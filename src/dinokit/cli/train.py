@@ -34,6 +34,8 @@ HELP = {
     "knn_every": "online k-NN of the teacher every N epochs (needs --knn_train_path, --knn_val_path)",
     "global_crops_size_start": "progressive resizing: the global crops grow from this size to "
                                "--global_crops_size over the run (0: off)",
+    "global_crops_scale_start": "crop curriculum: the global crops' least area starts at this and moves linearly "
+                                "to the min of --global_crops_scale over the run (0: off)",
     "canvas_size": "side of the decoded image canvas crops are taken from (0: auto)",
     "max_steps": "stop after this many iterations (0: no limit)",
     "centering": "teacher centering: center (DINO's EMA center) or sinkhorn_knopp (DINOv2)",
@@ -94,7 +96,8 @@ GROUPS = {
                      "drop_path_rate", "max_steps", "compile"),
     "multi-crop and augmentation": ("global_crops_scale", "local_crops_number", "local_crops_scale",
                                     "global_crops_size", "local_crops_size", "global_crops_size_start",
-                                    "blur_sigma", "color_jitter", "p_color_jitter", "p_grayscale", "p_solarize"),
+                                    "global_crops_scale_start", "blur_sigma", "color_jitter", "p_color_jitter",
+                                    "p_grayscale", "p_solarize"),
     "data and output": ("data_path", "output_dir", "saveckp_freq", "seed", "num_workers", "canvas_size", "cache",
                         "log_every", "report", "knn_every", "knn_train_path", "knn_val_path", "knn_k"),
     "processes and device": ("device", "dist_url", "local_rank", "dist_timeout_s"),

@@ -153,11 +153,13 @@ class TrainBatches:
         """Random seed of iteration ``it`` on this rank: runs are reproducible across resumes."""
         return (self.cfg.seed * 1_000_003 + it) * 131 + self.dist.rank
 
-    def views(self, images: torch.Tensor, hw: torch.Tensor, seed: int,
-              global_size: int | None = None) -> list[torch.Tensor]:
+    def views(self, images: torch.Tensor, hw: torch.Tensor, seed: int, global_size: int | None = None,
+              global_scale: tuple[float, float] | None = None) -> list[torch.Tensor]:
         """Multi-crop views ``[B, 3, g, g] x 2 + [B, 3, l, l] x N``, reproducible from ``seed``;
-        ``g`` is ``global_size`` when given (progressive resizing), else the configured size."""
-        return self.augment(images, hw, torch.Generator().manual_seed(seed), global_size=global_size)
+        ``g`` is ``global_size`` when given (progressive resizing), else the configured size, and
+        ``global_scale`` the global crops' area range when given (crop curriculum)."""
+        return self.augment(images, hw, torch.Generator().manual_seed(seed), global_size=global_size,
+                            global_scale=global_scale)
 
 
 def _first_bad(bad: dict[str, str]) -> str:

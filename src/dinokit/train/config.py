@@ -60,6 +60,8 @@ class TrainConfig:
     global_crops_size: int = 224
     local_crops_size: int = 96
     global_crops_size_start: int = 0  # progressive resizing: globals grow from this to global_crops_size (0: off)
+    global_crops_scale_start: float = 0.0  # crop curriculum: the globals' least area moves from this to
+                                           # global_crops_scale's min over the run (0: off)
     precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
     center_momentum: float = 0.9     # EMA of the teacher center (1.0: no centering)
     centering: str = "center"        # center (DINO) | sinkhorn_knopp (DINOv2)
@@ -144,6 +146,9 @@ class TrainConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 problems.append(f"--{name} {lo} {hi}: need 0 < min <= max <= 1")
+        if not 0 <= self.global_crops_scale_start <= self.global_crops_scale[1]:
+            problems.append(f"--global_crops_scale_start {self.global_crops_scale_start}: use 0 (off) or an area "
+                            f"up to the max of --global_crops_scale ({self.global_crops_scale[1]})")
         if not self.time_budget:
             for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
                 if getattr(self, name) > max(self.epochs, 0):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["cosine_scheduler", "cosine_at", "crop_size_at", "Schedules"]
+__all__ = ["cosine_scheduler", "cosine_at", "crop_size_at", "crop_scale_at", "Schedules"]
 
 
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
@@ -42,10 +42,18 @@ def crop_size_at(progress: float, start: int, end: int, multiple: int = 8) -> in
     return int(min(max(size, start), end))
 
 
+def crop_scale_at(progress: float, start: float, end: tuple[float, float]) -> tuple[float, float]:
+    """Crop curriculum: the area range ``(least, end[1])`` whose least area moves linearly from
+    ``start`` to ``end[0]`` over progress in [0, 1] (easy, large crops first when start > end[0])."""
+    progress = min(max(progress, 0.0), 1.0)
+    return start + (end[0] - start) * progress, end[1]
+
+
 class Schedules:
     """All per-iteration values of a run: learning rate, weight decay, teacher momentum and
-    temperature, whether the last layer is still frozen, and with progressive resizing
-    (``cfg.global_crops_size_start``) the size of the global crops.
+    temperature, whether the last layer is still frozen, with progressive resizing
+    (``cfg.global_crops_size_start``) the size of the global crops, and with a crop curriculum
+    (``cfg.global_crops_scale_start``) their area range.
 
     With ``budget_s`` the run is laid out on wall-clock progress ``elapsed / budget`` instead of
     iterations: warm-ups and decays keep their share of ``cfg.epochs`` (10 warm-up epochs of 100
@@ -72,12 +80,14 @@ class Schedules:
             {"lr": float(self.lr[it]), "wd": float(self.wd[it]), "momentum": float(self.momentum[it]),
              "teacher_temp": float(self.temp[epoch]), "frozen_epoch": epoch}
         cfg = self.cfg
+        progress = elapsed / self.budget_s if self.budget_s else it / max(self.total_iters - 1, 1)
         if cfg.global_crops_size_start:
-            progress = elapsed / self.budget_s if self.budget_s else it / max(self.total_iters - 1, 1)
             # ViTs need whole patches; ResNets run slower on sizes their strides do not divide
             multiple = cfg.patch_size if cfg.arch.startswith("vit") else 8
             values["global_size"] = crop_size_at(progress, cfg.global_crops_size_start, cfg.global_crops_size,
                                                  multiple)
+        if cfg.global_crops_scale_start:
+            values["global_scale"] = crop_scale_at(progress, cfg.global_crops_scale_start, cfg.global_crops_scale)
         return values
 
     def _budget_values(self, elapsed: float) -> dict[str, float]:

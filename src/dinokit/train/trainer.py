@@ -343,7 +343,7 @@ class Trainer:
                 g["weight_decay"] = values["wd"]
         seed = self.data.step_seed(it)
         torch.manual_seed(seed)  # stochastic depth: the same draws after a resume
-        crops = self.data.views(images, hw, seed, values.get("global_size"))
+        crops = self.data.views(images, hw, seed, values.get("global_size"), values.get("global_scale"))
         with autocast(self.device, self.precision):
             teacher_out = self.teacher_fwd(crops[:2])
             student_out, features = self.student_ddp(crops, return_features=True)
