@@ -82,7 +82,7 @@ PRESET_HELP = {
     "vits16": "the paper's ViT-S/16 recipe: 2 x 224 + 10 x 96 px crops, 100 epochs",
     "cifar": "ViT-tiny/4 for 32 px images: 2 x 32 + 6 x 16 px crops, the paper's head",
     "demo": "ViT-tiny/8, 32 px crops, 5 minutes on a few thousand small images (make demo)",
-    "cifar_resnet": "the demo's recipe on resnet18_cifar, 24 px crops: the best k-NN per CPU hour",
+    "cifar_resnet": "the demo's recipe on resnet18_cifar, 24 px crops, crop curriculum: the best k-NN per CPU hour",
 }
 
 # How --help groups the flags: the release's sections, then dinokit's own.
