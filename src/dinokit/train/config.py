@@ -203,7 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # faster than ViT-tiny/8 (benchmarks/knn_budget.py, see the README), but has no attention maps.
 # Its learning rate and teacher momentum stay those of its measured hour-long runs; 24 px global
 # crops (of the 32 px canvas) make a step 1.5x cheaper, and the extra epochs gave k-NN 61.2 for 57.6.
-# A 512-wide head runs 1.2x faster for the same k-NN; the crop curriculum (areas 0.5-1 at first,
+# A 512-wide head runs 1.1x faster for the same k-NN; the crop curriculum (areas 0.5-1 at first,
 # 0.2-1 at the end) gave 62.75 in an hour, where 0.5-1 throughout gave 61.0 and 0.2-1 gave 53.0.
 PRESETS["cifar_resnet"] = dict(PRESETS["demo"], arch="resnet18_cifar", time_budget="", lr=0.008,
                                momentum_teacher_end=1.0, global_crops_size=24, head_hidden_dim=512,
