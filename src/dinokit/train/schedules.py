@@ -37,16 +37,19 @@ def cosine_at(progress: float, base_value: float, final_value: float, warmup_fra
 def crop_size_at(progress: float, start: int, end: int, multiple: int = 8) -> int:
     """Progressive resizing: a size growing linearly from ``start`` to ``end`` over progress in
     [0, 1], rounded to a multiple of ``multiple`` and kept within ``[start, end]``."""
-    progress = min(max(progress, 0.0), 1.0)
-    size = multiple * round((start + (end - start) * progress) / multiple)
+    size = multiple * round(_linear_at(progress, start, end) / multiple)
     return int(min(max(size, start), end))
 
 
 def crop_scale_at(progress: float, start: float, end: tuple[float, float]) -> tuple[float, float]:
     """Crop curriculum: the area range ``(least, end[1])`` whose least area moves linearly from
     ``start`` to ``end[0]`` over progress in [0, 1] (easy, large crops first when start > end[0])."""
-    progress = min(max(progress, 0.0), 1.0)
-    return start + (end[0] - start) * progress, end[1]
+    return _linear_at(progress, start, end[0]), end[1]
+
+
+def _linear_at(progress: float, start: float, end: float) -> float:
+    """From ``start`` to ``end`` linearly over progress, which is clamped to [0, 1]."""
+    return start + (end - start) * min(max(progress, 0.0), 1.0)
 
 
 class Schedules:
