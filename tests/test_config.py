@@ -47,6 +47,9 @@ def test_train_config_built_in_code_converts_or_refuses_its_values():
         TrainConfig(lr="abc")
     with pytest.raises(ConfigError, match="epochs: 2.5 is not a valid int"):
         TrainConfig(epochs=2.5)
+    assert TrainConfig(p_blur="0, 0.5, 1").p_blur == (0.0, 0.5, 1.0)  # a triple, as YAML or --set give it
+    with pytest.raises(ConfigError, match=r"p_blur: \[0, 0\] is not a valid list of 3 numbers"):
+        TrainConfig(p_blur=[0, 0])
 
 
 def test_the_release_old_deit_names_mean_vits():
@@ -81,6 +84,7 @@ def test_flags_preset_and_yaml_precedence(tmp_path):
     assert cfg.lr == 0.002 and cfg.norm_last_layer is False              # yaml over preset
     assert cfg.local_crops_number == 4                                   # flag over yaml
     assert cfg.global_crops_scale == (0.3, 1.0) and cfg.use_fp16 is False
+    assert parse("--p_blur", "0", "0", "0.5").p_blur == (0.0, 0.0, 0.5) and cfg.p_blur == (1.0, 0.1, 0.5)
 
 
 def test_a_preset_named_in_the_yaml_file_is_applied(tmp_path):
@@ -110,6 +114,7 @@ def test_a_preset_named_in_the_yaml_file_is_applied(tmp_path):
     ({"drop_path_rate": 1.0}, r"--drop_path_rate must be in \[0, 1\)"),
     ({"log_every": 0}, "--log_every must be positive"),
     ({"center_momentum": 1.5}, "--center_momentum"),
+    ({"p_blur": (1.0, 0.1, 1.5)}, r"--p_blur 1.0 0.1 1.5: give three probabilities in \[0, 1\]"),
     ({"knn_every": 1}, "--knn_every 1 needs --knn_train_path and --knn_val_path"),
 ])
 def test_inconsistent_values(values, match, tmp_path):

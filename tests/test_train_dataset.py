@@ -285,3 +285,17 @@ def test_data_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch, ca
         assert usable_workers(10) == 2  # the release's default on a 2-core machine
     assert "--num_workers 10 lowered to 2" in caplog.text
     assert usable_workers(2) == 2 and usable_workers(0) == 0
+
+
+def test_the_training_augmentation_takes_the_configs_recipe(cifar_small, tmp_path):
+    from dinokit.train import load_config
+    from dinokit.train.batches import TrainBatches
+    from dinokit.train.distributed import DistInfo
+
+    cfg = load_config({"data_path": str(cifar_small[0]), "output_dir": str(tmp_path / "run"), "num_workers": 0,
+                       "p_blur": (0, 0, 0.25), "p_solarize": 0.3, "color_jitter": 0.5, "blur_sigma": (0.2, 0.4)},
+                      preset="cifar_resnet")
+    aug = TrainBatches(cfg, DistInfo(), torch.device("cpu")).augment.cfg
+    assert (aug.p_blur, aug.p_solarize, aug.blur_sigma) == ((0, 0, 0.25), 0.3, (0.2, 0.4))
+    assert aug.jitter == (0.2, 0.2, 0.1, 0.05) and (aug.global_size, aug.local_crops_number) == (24, 0)
+    assert aug.global_crops_scale == (0.2, 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import get_type_hints
+from typing import get_args, get_type_hints
 
 from ..errors import ConfigError
 
@@ -67,6 +67,7 @@ HELP = {
     "p_color_jitter": "probability of colour jitter",
     "p_grayscale": "probability of grayscale",
     "p_solarize": "probability of solarisation of the second global crop",
+    "p_blur": "probabilities of Gaussian blur: first global, second global, local crops",
     "knn_train_path": "labelled class folders for the online k-NN's neighbours",
     "knn_val_path": "labelled class folders the online k-NN classifies",
     "knn_k": "neighbours of the online k-NN",
@@ -97,7 +98,7 @@ GROUPS = {
     "multi-crop and augmentation": ("global_crops_scale", "local_crops_number", "local_crops_scale",
                                     "global_crops_size", "local_crops_size", "global_crops_size_start",
                                     "global_crops_scale_start", "blur_sigma", "color_jitter", "p_color_jitter",
-                                    "p_grayscale", "p_solarize"),
+                                    "p_grayscale", "p_solarize", "p_blur"),
     "data and output": ("data_path", "output_dir", "saveckp_freq", "seed", "num_workers", "canvas_size", "cache",
                         "log_every", "report", "knn_every", "knn_train_path", "knn_val_path", "knn_k"),
     "processes and device": ("device", "dist_url", "local_rank", "dist_timeout_s"),
@@ -127,7 +128,8 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls) -> None:
         if typ is bool:
             kw.update(type=_bool, metavar="BOOL")
         elif str(typ).startswith("tuple"):
-            kw.update(type=float, nargs=2, metavar=("MIN", "MAX"))
+            n = len(get_args(typ))
+            kw.update(type=float, nargs=n, metavar=("MIN", "MAX") if n == 2 else "P")
         else:
             kw.update(type=typ)
         # torch.distributed.launch (the release's launcher) passes --local-rank=N since torch 2.0.

@@ -70,7 +70,7 @@ class TrainBatches:
             local_crops_number=cfg.local_crops_number, global_size=cfg.global_crops_size,
             local_size=cfg.local_crops_size, blur_sigma=tuple(cfg.blur_sigma),
             jitter=tuple(cfg.color_jitter * s for s in (0.4, 0.4, 0.2, 0.1)), p_jitter=cfg.p_color_jitter,
-            p_gray=cfg.p_grayscale, p_solarize=cfg.p_solarize)
+            p_gray=cfg.p_grayscale, p_blur=tuple(cfg.p_blur), p_solarize=cfg.p_solarize)
         self.cached = self._build_cache() if self._want_cache() else None
         self._sizes_checked = False
         if self.cached is None:

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -73,6 +73,7 @@ class TrainConfig:
     p_color_jitter: float = 0.8
     p_grayscale: float = 0.2
     p_solarize: float = 0.2          # on the second global crop
+    p_blur: tuple[float, float, float] = (1.0, 0.1, 0.5)  # first global, second global, local crops
     canvas_size: int = 0             # side of the decoded image canvas; 0: from global_crops_size
     cache: str = "auto"              # decode the dataset once into memory: auto | yes | no
     time_budget: str = ""            # e.g. 30m, 1h30m: fit the whole schedule into this wall-clock time
@@ -139,6 +140,9 @@ class TrainConfig:
         for name in ("p_color_jitter", "p_grayscale", "p_solarize"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if len(self.p_blur) != 3 or not all(0 <= p <= 1 for p in self.p_blur):
+            problems.append(f"--p_blur {' '.join(map(str, self.p_blur))}: give three probabilities in [0, 1] "
+                            f"(first global, second global, local crops; the paper's: 1.0 0.1 0.5)")
         if not 0 <= self.color_jitter <= 2.5:
             problems.append(f"--color_jitter {self.color_jitter}: use a strength in [0, 2.5] (1: the paper's)")
         for name in ("global_crops_scale", "local_crops_scale"):
@@ -263,14 +267,18 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         if str(typ).startswith("tuple"):
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
-            lo, hi = (float(v) for v in value)
-            return (lo, hi)
+            out = tuple(float(v) for v in value)
+            if len(out) != len(get_args(typ)):
+                raise ValueError
+            return out
     except (TypeError, ValueError):
         pass
     else:
         return value
-    kind = "pair of numbers (min, max), e.g. [0.4, 1.0]" if str(typ).startswith("tuple") else \
-        getattr(typ, "__name__", typ)
+    kind = getattr(typ, "__name__", typ)
+    if str(typ).startswith("tuple"):
+        kind = "pair of numbers (min, max), e.g. [0.4, 1.0]" if len(get_args(typ)) == 2 else \
+            f"list of {len(get_args(typ))} numbers"
     raise ConfigError(f"{name}: {value!r} is not a valid {kind}")
 
 
