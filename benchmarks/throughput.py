@@ -62,9 +62,16 @@ def build_trainer(name: str, data: str, out: str, **extra) -> Trainer:
 
 
 def step_flops(trainer: Trainer, images, hw) -> float:
+    """FLOPs of one training step, counted on the eager networks: a compiled module first called
+    under FlopCounterMode is left uncompiled by dynamo for good, which would time eager steps."""
     values = trainer.sched.at(0, 0, 0.0)
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(images, hw, 0, 0, values)
+    compiled = trainer.student_ddp, trainer.teacher_fwd
+    trainer.student_ddp, trainer.teacher_fwd = (getattr(m, "_orig_mod", m) for m in compiled)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(images, hw, 0, 0, values)
+    finally:
+        trainer.student_ddp, trainer.teacher_fwd = compiled
     return float(counter.get_total_flops())
 
 

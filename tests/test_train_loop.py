@@ -205,6 +205,21 @@ def test_cifar_resnet_trains_with_local_crops_and_loads_back(cifar_small, tmp_pa
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
+def test_compiled_networks_train_like_the_eager_ones(cifar_small, tmp_path):
+    from torch._dynamo.utils import counters
+
+    train_dir, _ = cifar_small
+    kw = dict(arch="resnet18_cifar", epochs=1, max_steps=2, local_crops_number=0, batch_size_per_gpu=8)
+    train(tiny_config(train_dir, tmp_path / "eager", **kw))
+    counters.clear()
+    train(tiny_config(train_dir, tmp_path / "compiled", compile=True, **kw))
+    assert counters["stats"]["unique_graphs"] >= 2  # the student and the teacher ran compiled
+    eager, compiled = (read_jsonl(tmp_path / run / "metrics.jsonl") for run in ("eager", "compiled"))
+    assert compiled[0]["loss"] == pytest.approx(eager[0]["loss"], rel=0.02)  # same seed, same first batch
+    saved = [torch.load(tmp_path / run / "checkpoint.pth", weights_only=True) for run in ("eager", "compiled")]
+    assert saved[1]["student"].keys() == saved[0]["student"].keys()  # no "_orig_mod." prefix
+
+
 def test_images_far_smaller_than_the_crops_are_warned_about_once(cifar_small, tmp_path, caplog):
     train_dir, _ = cifar_small
     caplog.set_level(logging.WARNING, logger="dinokit")
