@@ -140,7 +140,7 @@ class TrainConfig:
         for name in ("p_color_jitter", "p_grayscale", "p_solarize"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if len(self.p_blur) != 3 or not all(0 <= p <= 1 for p in self.p_blur):
+        if not all(0 <= p <= 1 for p in self.p_blur):  # its length is checked on construction
             problems.append(f"--p_blur {' '.join(map(str, self.p_blur))}: give three probabilities in [0, 1] "
                             f"(first global, second global, local crops; the paper's: 1.0 0.1 0.5)")
         if not 0 <= self.color_jitter <= 2.5:
