@@ -137,12 +137,11 @@ class TrainConfig:
         if not 0 <= self.momentum_teacher <= self.momentum_teacher_end <= 1:
             problems.append(f"--momentum_teacher {self.momentum_teacher} and --momentum_teacher_end "
                             f"{self.momentum_teacher_end}: need 0 <= start <= end <= 1")
-        for name in ("p_color_jitter", "p_grayscale", "p_solarize"):
-            if not 0 <= getattr(self, name) <= 1:
-                problems.append(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if not all(0 <= p <= 1 for p in self.p_blur):  # its length is checked on construction
-            problems.append(f"--p_blur {' '.join(map(str, self.p_blur))}: give three probabilities in [0, 1] "
-                            f"(first global, second global, local crops; the paper's: 1.0 0.1 0.5)")
+        for name in ("p_color_jitter", "p_grayscale", "p_solarize", "p_blur"):
+            values = getattr(self, name)
+            values = values if isinstance(values, tuple) else (values,)
+            if not all(0 <= p <= 1 for p in values):
+                problems.append(f"--{name} {' '.join(map(str, values))}: a probability must lie in [0, 1]")
         if not 0 <= self.color_jitter <= 2.5:
             problems.append(f"--color_jitter {self.color_jitter}: use a strength in [0, 2.5] (1: the paper's)")
         for name in ("global_crops_scale", "local_crops_scale"):
@@ -275,10 +274,9 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         pass
     else:
         return value
-    kind = getattr(typ, "__name__", typ)
-    if str(typ).startswith("tuple"):
-        kind = "pair of numbers (min, max), e.g. [0.4, 1.0]" if len(get_args(typ)) == 2 else \
-            f"list of {len(get_args(typ))} numbers"
+    n = len(get_args(typ))
+    kind = getattr(typ, "__name__", typ) if not str(typ).startswith("tuple") else \
+        "pair of numbers (min, max), e.g. [0.4, 1.0]" if n == 2 else f"list of {n} numbers"
     raise ConfigError(f"{name}: {value!r} is not a valid {kind}")
 
 
