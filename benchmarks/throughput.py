@@ -57,7 +57,7 @@ def build_trainer(name: str, data: str, out: str, **extra) -> Trainer:
     values = dict(PRESETS[name])
     preset = values.pop("preset")
     values.update(data_path=data, output_dir=out, cache="yes", report=False, num_workers=2)
-    values.update(extra)
+    values.update({k: v for k, v in extra.items() if v is not None})  # None: the preset's value
     return Trainer(load_config(values, preset=preset))
 
 
@@ -66,7 +66,7 @@ def step_flops(trainer: Trainer, images, hw) -> float:
     under FlopCounterMode is left uncompiled by dynamo for good, which would time eager steps."""
     values = trainer.sched.at(0, 0, 0.0)
     compiled = trainer.student_ddp, trainer.teacher_fwd
-    trainer.student_ddp, trainer.teacher_fwd = (getattr(m, "_orig_mod", m) for m in compiled)
+    trainer.student_ddp, trainer.teacher_fwd = (getattr(m, "eager", m) for m in compiled)
     try:
         with FlopCounterMode(display=False) as counter:
             trainer.train_step(images, hw, 0, 0, values)
@@ -106,7 +106,8 @@ def step_parser(doc: str, steps: int) -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the networks (default: as the preset says)")
     ap.add_argument("--set", default="{}", help="JSON object of TrainConfig overrides, e.g. '{\"patch_size\": 8}'")
     return ap
 

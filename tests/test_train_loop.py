@@ -220,6 +220,35 @@ def test_compiled_networks_train_like_the_eager_ones(cifar_small, tmp_path):
     assert saved[1]["student"].keys() == saved[0]["student"].keys()  # no "_orig_mod." prefix
 
 
+def test_a_network_that_fails_to_compile_runs_eagerly_and_its_own_errors_still_raise(monkeypatch, caplog):
+    import torch._inductor.config as inductor
+
+    from dinokit.train.compiled import CompiledOrEager
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached kernel would need no compiler
+    monkeypatch.setattr(inductor.cpp, "cxx", ("dinokit-no-such-compiler",))  # a machine without one
+    caplog.set_level(logging.WARNING, logger="dinokit")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    run, x = CompiledOrEager(net, "student"), torch.randn(3, 8)
+    for _ in range(2):
+        out = run(x)
+        assert torch.equal(out, net(x))
+    out.sum().backward()
+    assert net[0].weight.grad is not None and run.compiled is None
+    assert caplog.text.count("--compile: compiling the student failed, it runs eagerly (") == 1
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError(f"bad input of shape {tuple(x.shape)}")
+
+    broken = CompiledOrEager(Broken(), "teacher")
+    with pytest.raises(ValueError, match=r"bad input of shape \(3, 8\)"):
+        broken(x)
+    assert "teacher" not in caplog.text
+
+
 def test_images_far_smaller_than_the_crops_are_warned_about_once(cifar_small, tmp_path, caplog):
     train_dir, _ = cifar_small
     caplog.set_level(logging.WARNING, logger="dinokit")

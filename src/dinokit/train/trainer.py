@@ -27,6 +27,7 @@ from ..outputs import FolderLock, output_folder, removing_new_folders_on_error
 from ..runtime import autocast, resolve_device, resolve_precision, tune_malloc
 from .batches import TrainBatches
 from .checkpoint import CheckpointWriteError, flag_changes, load_for_resume, remove_stale_temporaries, save_atomic
+from .compiled import CompiledOrEager
 from .config import TrainConfig, load_config, parse_duration
 from .diagnostics import collapse_stats
 from .distributed import DistInfo, cleanup, init_distributed, peer_failures
@@ -109,17 +110,17 @@ class Trainer:
                 log.info("batch norms use each process's share of the batch (SyncBatchNorm needs CUDA)")
         self.student.to(self.device)
         self.teacher.to(self.device)
-        self.student_ddp: nn.Module = self.student
+        self.student_ddp: nn.Module | CompiledOrEager = self.student
         if self.dist.enabled:
             with peer_failures(self.dist, self._resume_advice()):
                 self.student_ddp = nn.parallel.DistributedDataParallel(
                     self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.teacher.load_state_dict(self.student.state_dict())  # the weights DDP broadcast
-        self.teacher_fwd: nn.Module = self.teacher
+        self.teacher_fwd: nn.Module | CompiledOrEager = self.teacher
         if cfg.compile:
             log.info("--compile: the first steps compile both networks (a minute or more on a CPU)")
-            self.student_ddp = torch.compile(self.student_ddp)
-            self.teacher_fwd = torch.compile(self.teacher)
+            self.student_ddp = CompiledOrEager(self.student_ddp, "student")
+            self.teacher_fwd = CompiledOrEager(self.teacher, "teacher")
         self.ema = TeacherEMA(self.student, self.teacher)
         ncrops = 2 + cfg.local_crops_number
         self.loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
