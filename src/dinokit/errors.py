@@ -16,3 +16,9 @@ class DataError(DinokitError):
 class InputShapeError(DinokitError, ValueError):
     """Input the network cannot take: not a ``[B, C, H, W]`` batch of its C channels, or an image
     with a side shorter than a ViT patch."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name if empty), for one-line reports:
+    torch's messages go on for pages of context and advice."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

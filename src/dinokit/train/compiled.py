@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import first_line
+
 log = logging.getLogger("dinokit.train")
 
 
@@ -37,10 +39,5 @@ class CompiledOrEager:
             out = self.eager(*args, **kwargs)
             self.compiled = None
             log.warning("--compile: compiling the %s failed, it runs eagerly (%s: %s)", self.name,
-                        type(e).__name__, _first_line(e))
+                        type(e).__name__, first_line(e))
             return out
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no message"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DinokitError
+from ..errors import DinokitError, first_line
 from ..runtime import resolve_device
 
 __all__ = ["DistInfo", "PeerFailure", "init_distributed", "launched", "cleanup", "is_main", "peer_failures"]
@@ -116,9 +116,8 @@ def peer_failures(info: DistInfo, advice: str):
     except RuntimeError as e:
         if not info.enabled or not is_collective_failure(e):
             raise
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise PeerFailure(f"process {info.rank} of {info.world_size}: a peer process failed or timed out "
-                          f"({detail}); {advice}") from e
+                          f"({first_line(e)}); {advice}") from e
 
 
 def cleanup() -> None:
