@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import get_args, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError
 
@@ -129,7 +129,7 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls) -> None:
         kw: dict = dict(default=None, help=help_text)
         if typ is bool:
             kw.update(type=_bool, metavar="BOOL")
-        elif str(typ).startswith("tuple"):
+        elif get_origin(typ) is tuple:
             n = len(get_args(typ))
             kw.update(type=float, nargs=n, metavar=("MIN", "MAX") if n == 2 else "P")
         else:

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -267,7 +267,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
             if value is None:
                 raise TypeError
             return str(value)
-        if str(typ).startswith("tuple"):
+        if get_origin(typ) is tuple:
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
             out = tuple(float(v) for v in value)
@@ -279,7 +279,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     else:
         return value
     n = len(get_args(typ))
-    kind = getattr(typ, "__name__", typ) if not str(typ).startswith("tuple") else \
+    kind = getattr(typ, "__name__", typ) if get_origin(typ) is not tuple else \
         "pair of numbers (min, max), e.g. [0.4, 1.0]" if n == 2 else f"list of {n} numbers"
     raise ConfigError(f"{name}: {value!r} is not a valid {kind}")
 
