@@ -369,6 +369,18 @@ def test_read_only_output_fails_the_run_when_the_final_checkpoint_is_not_written
         train(tiny_config(plain, tmp_path, cache="yes", epochs=2, saveckp_freq=0))
 
 
+def test_a_write_failure_without_a_message_is_still_reported_in_one_line(tmp_path, monkeypatch):
+    ckpt_mod.save_atomic({"epoch": 1}, tmp_path / "checkpoint.pth")
+
+    def silent_failure(obj, f):
+        raise RuntimeError()  # torch.save can fail with an empty message
+    monkeypatch.setattr(ckpt_mod.torch, "save", silent_failure)
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint.pth: RuntimeError \(\d+ MiB free on that disk\)"):
+        ckpt_mod.save_atomic({"epoch": 2}, tmp_path / "checkpoint.pth")
+    assert torch.load(tmp_path / "checkpoint.pth")["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
 # ----------------------------------------------------------------------------------- 4. divergence
 def test_diverging_run_is_one_line_from_the_cli(plain, tmp_path, capsys):
     rc = main(["train", *cli_flags(plain, tmp_path, cache="yes", lr=1e30, warmup_epochs=0)])

@@ -244,8 +244,9 @@ def test_a_network_that_fails_to_compile_runs_eagerly_and_its_own_errors_still_r
             raise ValueError(f"bad input of shape {tuple(x.shape)}")
 
     broken = CompiledOrEager(Broken(), "teacher")
-    with pytest.raises(ValueError, match=r"bad input of shape \(3, 8\)"):
+    with pytest.raises(ValueError, match=r"bad input of shape \(3, 8\)") as raised:
         broken(x)
+    assert raised.value.__context__ is None  # not chained to the compiled call's traceback
     assert "teacher" not in caplog.text
 
 

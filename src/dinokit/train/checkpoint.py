@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DinokitError
+from ..errors import DinokitError, first_line
 from ..models.pretrained import CheckpointError, load_checkpoint_file
 
 __all__ = ["save_atomic", "load_for_resume", "remove_stale_temporaries", "CheckpointWriteError"]
@@ -63,8 +63,8 @@ def _reason(e: BaseException, folder: Path) -> str:
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
-        return str(e).splitlines()[0]
-    return f"{str(e).splitlines()[0]} ({free / 2**20:.0f} MiB free on that disk)"
+        return first_line(e)
+    return f"{first_line(e)} ({free / 2**20:.0f} MiB free on that disk)"
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

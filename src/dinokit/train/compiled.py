@@ -36,8 +36,10 @@ class CompiledOrEager:
         try:
             return self.compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - torch raises many kinds; the eager call tells which are real
-            out = self.eager(*args, **kwargs)
-            self.compiled = None
-            log.warning("--compile: compiling the %s failed, it runs eagerly (%s: %s)", self.name,
-                        type(e).__name__, first_line(e))
-            return out
+            failure = e
+        # Outside the handler: a genuine error raises alone, not chained to the compiler's pages.
+        out = self.eager(*args, **kwargs)
+        self.compiled = None
+        log.warning("--compile: compiling the %s failed, it runs eagerly (%s: %s)", self.name,
+                    type(failure).__name__, first_line(failure))
+        return out
