@@ -3,8 +3,9 @@
     python benchmarks/throughput.py --preset cifar --json
     python benchmarks/throughput.py --preset vits16 --steps 5
 
-MFU is the achieved matrix-product rate divided by a bf16 matrix-product peak measured in the
-same run on the same machine (a large square bf16 matmul). FLOPs are counted once with
+MFU is the achieved matrix-product rate divided by a matrix-product peak measured in the same
+run on the same machine (a large square matmul in the step's precision: bf16, or fp32 on a CPU
+without bf16 units, where bf16 is emulated some 100x slower). FLOPs are counted once with
 ``torch.utils.flop_counter`` over a whole step (forward of both networks and the student's
 backward).
 """
@@ -39,9 +40,12 @@ PRESETS = {
 }
 
 
-def bf16_peak_tflops(n: int = 4096, seconds: float = 3.0, device: str = "cpu") -> float:
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+PEAK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def peak_tflops(precision: str = "bf16", n: int = 4096, seconds: float = 3.0, device: str = "cpu") -> float:
+    a = torch.randn(n, n, dtype=PEAK_DTYPES[precision], device=device)
+    b = torch.randn(n, n, dtype=PEAK_DTYPES[precision], device=device)
     for _ in range(2):
         a @ b
     reps, t0 = 0, time.perf_counter()
@@ -122,7 +126,7 @@ def main() -> None:
         images, hw = next(trainer.data.epoch(0))
         flops = step_flops(trainer, images, hw)
         sec, batch = measure(trainer, args.steps, args.warmup)
-    peak = bf16_peak_tflops(device=trainer.device.type)
+    peak = peak_tflops(trainer.precision, device=trainer.device.type)
     tflops = flops / sec / 1e12
     result = {"preset": args.preset, "device": str(trainer.device), "precision": trainer.precision,
               "batch": batch, "step_s": round(sec, 4), "images_per_s": round(batch / sec, 1),
@@ -130,7 +134,7 @@ def main() -> None:
               "peak_tflops": round(peak, 3), "mfu": round(tflops / peak, 3), "threads": torch.get_num_threads()}
     print(f"{args.preset}: {result['images_per_s']} images/s, {result['step_s'] * 1000:.0f} ms/step, "
           f"{result['gflop_per_image']} GFLOP/image, {result['tflops']} TFLOP/s of {result['peak_tflops']} "
-          f"bf16 peak = MFU {100 * result['mfu']:.1f}%")
+          f"{trainer.precision} peak = MFU {100 * result['mfu']:.1f}%")
     if args.json:
         print(json.dumps(result))
 

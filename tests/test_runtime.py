@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from dinokit import runtime
 from dinokit.errors import ConfigError
 from dinokit.runtime import resolve_device, resolve_precision
 
@@ -39,8 +42,24 @@ def test_precision_choices():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("auto", torch.device("cuda", 0), gpu_default="fp16") == "fp16"
-    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
     with pytest.raises(ConfigError, match="unknown precision"):
         resolve_precision("fp8", cpu)
+
+
+@pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_takes_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: native)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_asking_for_emulated_bf16_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    runtime._warn_emulated_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="dinokit.runtime"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # slow, but the user asked for it
+        resolve_precision("bf16", torch.device("cpu"))
+    warnings = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == 1 and "--precision auto or fp32" in warnings[0]
+    runtime._warn_emulated_bf16.cache_clear()

@@ -39,7 +39,7 @@ def add_runtime_args(p: argparse.ArgumentParser, batch_size: int | None = 128) -
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="network precision: bf16 autocast or fp32 (auto: bf16 on CPU, fp32 on GPU)")
+                   help="bf16 autocast or fp32 (auto: bf16 on a CPU with bf16 units, fp32 elsewhere)")
     if batch_size is not None:
         g.add_argument("--batch_size_per_gpu", type=positive_int, default=batch_size, help="images per forward pass")
         g.add_argument("--num_workers", type=natural_int, default=2,

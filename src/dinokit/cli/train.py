@@ -28,7 +28,7 @@ HELP = {
     "data_path": "folder of images (any depth, class folders optional)",
     "pretrained_weights": "continue from these backbone weights (dino_vits16, a file ...) instead of random ones; "
                           "the heads start afresh",
-    "precision": "auto (bf16 on CPU; fp16 with --use_fp16 on GPU), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on a CPU with bf16 units, else fp32; fp16 with --use_fp16 on GPU), fp32, bf16 or fp16",
     "cache": "decode the dataset once into memory: auto (if it fits in a quarter of RAM), yes, no",
     "time_budget": "fit the whole schedule into this wall-clock time, e.g. 30m or 1h30m (0: none, --epochs rules)",
     "knn_every": "online k-NN of the teacher every N epochs (needs --knn_train_path, --knn_val_path)",

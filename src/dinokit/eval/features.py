@@ -205,8 +205,8 @@ def extract_features(model: nn.Module, images, embed: EmbedFn | None = None, tra
     or ``(images, labels, ...)`` tuples, such as a ``DataLoader``. Files are decoded and mapped by
     ``transform`` (default ``EvalTransform(256, 224)``); batches whose images differ in size are
     run image by image. ``embed(model, x) -> [B, D]`` defaults to ``Embedding()`` (class token).
-    ``precision`` ``"bf16"`` runs the network under bf16 autocast (``"auto"``: on CPU). Features are
-    returned in float32 on the CPU; ``progress(done, total)`` is called after each batch.
+    ``precision`` ``"bf16"`` runs the network under bf16 autocast (``"auto"``: on a CPU with bf16
+    units). Features are returned in float32 on the CPU; ``progress(done, total)`` is called after each batch.
     With ``distributed`` and an initialised process group (torchrun), the image files are split
     across the processes and every process returns all rows, in the same order as one process would.
     """

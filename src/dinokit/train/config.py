@@ -61,7 +61,7 @@ class TrainConfig:
     local_crops_size: int = 96
     global_crops_size_start: int = 0  # progressive resizing: globals grow from this to global_crops_size (0: off)
     global_crops_scale_start: float = 0.0  # curriculum: least global area, moves to global_crops_scale[0] (0: off)
-    precision: str = "auto"          # auto: bf16 on CPU; on CUDA fp16 if use_fp16 else fp32
+    precision: str = "auto"          # auto: bf16 on a CPU with bf16 units (else fp32); CUDA: fp16 if use_fp16 else fp32
     center_momentum: float = 0.9     # EMA of the teacher center (1.0: no centering)
     centering: str = "center"        # center (DINO) | sinkhorn_knopp (DINOv2)
     koleo_loss_weight: float = 0.0   # DINOv2's KoLeo spreading term on the student's global-crop features
