@@ -1,8 +1,9 @@
 """Convolution weight gradients on CPU: oneDNN's kernel against one im2col matrix product.
 
-For every convolution of a ResNet at a given crop size, times the weight gradient both ways (bf16,
-channels-last, as a training step runs them) and says which path ``dinokit.models.small_map_conv``
-takes. Run: ``python benchmarks/conv_grad.py --arch resnet18_cifar --size 24 --batch 64``.
+For every convolution of a ResNet at a given crop size, times the weight gradient both ways
+(channels-last, in bf16 or with ``--dtype fp32`` in fp32, as a training step runs them) and says
+which path ``dinokit.models.small_map_conv`` takes.
+Run: ``python benchmarks/conv_grad.py --arch resnet18_cifar --size 24 --batch 64``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def conv_inputs(arch: str, size: int, batch: int) -> list[tuple[torch.nn.Conv2d,
     return list(seen.values())
 
 
-def time_weight_grads(conv: torch.nn.Conv2d, shape: tuple[int, ...]) -> tuple[float, float, tuple[int, int], bool]:
+def time_weight_grads(conv: torch.nn.Conv2d, shape: tuple[int, ...],
+                      dtype: torch.dtype = torch.bfloat16) -> tuple[float, float, tuple[int, int], bool]:
     """``(oneDNN ms, im2col ms, output map, whether conv takes im2col)`` for inputs of ``shape``."""
     cl = torch.channels_last
-    x = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=cl)
-    w = conv.weight.detach().bfloat16().contiguous(memory_format=cl)
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=cl)
+    w = conv.weight.detach().to(dtype).contiguous(memory_format=cl)
     g = torch.nn.functional.conv2d(x, w, None, conv.stride, conv.padding)
     g = torch.randn_like(g).contiguous(memory_format=cl)
     onednn = _ms(lambda: torch.ops.aten.convolution_backward(
@@ -60,11 +62,14 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18_cifar")
     parser.add_argument("--size", type=int, default=24)
     parser.add_argument("--batch", type=int, default=64, help="images in one forward (crops x batch)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                        help="fp32: as a CPU without bf16 units trains (--precision auto there)")
     args = parser.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     print(f"{'input':>22} {'conv':>16} {'out map':>8} {'oneDNN ms':>10} {'im2col ms':>10}  path")
     total_onednn = total_chosen = 0.0
     for conv, shape in conv_inputs(args.arch, args.size, args.batch):
-        onednn, im2col, (ho, wo), small = time_weight_grads(conv, shape)
+        onednn, im2col, (ho, wo), small = time_weight_grads(conv, shape, dtype)
         total_onednn += onednn
         total_chosen += im2col if small else onednn
         kind = f"{conv.in_channels}>{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]}/{conv.stride[0]}"
