@@ -74,7 +74,7 @@ def resolve_precision(precision: str, device: torch.device, gpu_default: str = "
 
 @functools.lru_cache(maxsize=None)  # once per process: evaluation and training both resolve the precision
 def _warn_emulated_bf16() -> None:
-    # measured on an AVX2-only AMD EPYC (Zen 3): 4096^2 matmuls at 0.0013 TFLOP/s in bf16, 0.17 in fp32
+    # measured on an AVX2-only AMD EPYC (Zen 3): 1024^2 matmuls at 0.0013 TFLOP/s in bf16, 0.17 in fp32
     log.warning("precision bf16: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so bf16 is emulated "
                 "and matrix products run about 100x slower than in fp32; use --precision auto or fp32")
 
