@@ -247,7 +247,8 @@ class Trainer:
             stats = self.train_one_epoch(epoch, t0, elapsed)
             self.skipped.add(self.data.bad_files())
             if stats.get("stopped_early"):
-                self._log_epoch(epoch, stats, time.monotonic() - t0, final=True)
+                elapsed = time.monotonic() - t0
+                self._log_epoch(epoch, stats, elapsed, final=True)
                 break
             epoch += 1
             elapsed = self._agree(time.monotonic() - t0)[1]
@@ -258,7 +259,7 @@ class Trainer:
             if self.dist.enabled:
                 dist.barrier()  # the main process evaluates; all leave together so none counts it
             t0 += time.monotonic() - t_eval  # evaluation does not eat into a time budget
-        return epoch, stats, time.monotonic() - t0
+        return epoch, stats, elapsed  # as the checkpoint holds it, so a resumed run reports the same
 
     def _resume_advice(self) -> str:
         return (f"restart all processes with the same torchrun command: training resumes from the last "
