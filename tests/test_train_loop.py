@@ -13,7 +13,6 @@ import torch
 from dinokit.data import EvalTransform
 from dinokit.errors import DataError
 from dinokit.models import CheckpointError, load_pretrained
-from dinokit.runtime import cpu_has_fast_bf16
 from dinokit.train import load_config
 from dinokit.train.networks import build_student_teacher
 from dinokit.train.fp16 import OverflowMonitor
@@ -24,9 +23,9 @@ TINY = {"arch": "vit_tiny", "patch_size": 8, "out_dim": 256, "global_crops_size"
         "local_crops_number": 2, "batch_size_per_gpu": 20, "canvas_size": 32, "num_workers": 0, "epochs": 2,
         "warmup_epochs": 1, "lr": 0.001, "head_hidden_dim": 64, "head_bottleneck_dim": 32, "report": False,
         "drop_path_rate": 0.1, "saveckp_freq": 1, "log_every": 1,
-        # on a GPU too: fp16 would skip the first steps of these short runs (overflow); fp32 on a
-        # CPU without bf16 units, where emulated bf16 makes each run minutes long
-        "precision": "bf16" if torch.cuda.is_available() or cpu_has_fast_bf16() else "fp32"}
+        # bf16 on a GPU: fp16 would skip the first steps of these short runs (overflow); on a CPU
+        # auto, which is fp32 where bf16 would be emulated (minutes per run)
+        "precision": "bf16" if torch.cuda.is_available() else "auto"}
 
 
 def tiny_config(data, out, **kw):
