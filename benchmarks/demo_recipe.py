@@ -39,9 +39,9 @@ def main(argv=None) -> int:
     ckpt = Path(args.output_dir) / "checkpoint.pth"
     torch.manual_seed(cfg.seed)
     nets = {"teacher": load_pretrained(ckpt), "student": load_pretrained(ckpt, checkpoint_key="student"),
-            "random": build_backbone(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size).eval()}
+            "random": build_backbone(cfg.arch, cfg.patch_size, img_size=cfg.knn_image_size).eval()}
     result = {"set": overrides, "minutes": round(minutes, 2), "knn_top1": knn_table(
-        nets, str(root / "train"), str(root / "test"), cfg.global_crops_size,
+        nets, str(root / "train"), str(root / "test"), cfg.knn_image_size,
         embeddings={"cls": Embedding(), "cls+avg": Embedding(1, True)})}
     print(json.dumps(result))
     return 0

@@ -51,7 +51,7 @@ def main() -> None:
     t0 = time.time()
     train(cfg)
     minutes = (time.time() - t0) / 60
-    size = args.eval_size or cfg.canvas_size or cfg.global_crops_size
+    size = args.eval_size or cfg.knn_image_size
     transform = EvalTransform(resize=size, crop=size)
     train_x, train_y, test_x, test_y = decode_pair(str(data / "train"), str(data / "test"), transform)
     model = load_pretrained(Path(args.output_dir) / "checkpoint.pth")

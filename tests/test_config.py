@@ -12,6 +12,7 @@ from dinokit.cli.main import build_parser, main
 from dinokit.train import train
 from dinokit.cli.train import config_from_args
 from dinokit.errors import ConfigError
+from dinokit.models.pretrained import training_image_size
 from dinokit.train.config import PRESETS, TrainConfig, load_config, parse_duration
 
 OFFICIAL_FLAGS = ("arch patch_size out_dim norm_last_layer momentum_teacher use_bn_in_head warmup_teacher_temp "
@@ -172,6 +173,14 @@ def test_a_zero_time_budget_switches_a_presets_budget_off(off):
     assert cfg.time_budget == "" and cfg.epochs == 20
     half_minute = load_config({"data_path": "d", "output_dir": "o", "time_budget": "0.5m"}, preset="demo")
     assert half_minute.time_budget == "0.5m"
+
+
+@pytest.mark.parametrize("preset", ["demo", "cifar_resnet", "cifar"])
+def test_online_and_demo_knn_evaluate_where_dinokit_knn_does(preset):
+    cfg = load_config({"data_path": "d", "output_dir": "o"}, preset=preset)
+    assert cfg.knn_image_size == 32  # the CIFAR canvas, also where 24 px crops were taken from
+    assert training_image_size({"args": cfg.to_dict()}) == cfg.knn_image_size  # `dinokit knn`'s default
+    assert load_config({"data_path": "d", "output_dir": "o", "global_crops_size": 96}).knn_image_size == 96
 
 
 def test_cli_reports_bad_flag_in_one_line(tmp_path):

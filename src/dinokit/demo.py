@@ -74,7 +74,7 @@ def run_demo(output_dir: str = "demo_output", data_root: str = "data/cifar10-dem
         log.info("%s holds an earlier demo run: resuming it (remove the folder to train afresh)", out)
     train_minutes = train(cfg)["elapsed_s"] / 60  # all sessions of the run
     teacher = load_pretrained(out / "checkpoint.pth")
-    knn = knn_baselines(teacher, str(root / "train"), str(root / "test"), cfg.global_crops_size, seed,
+    knn = knn_baselines(teacher, str(root / "train"), str(root / "test"), cfg.knn_image_size, seed,
                         arch=cfg.arch)
     pictures = _pictures(teacher, root, out)
     n_images = sum(1 for _ in (root / "train").rglob("*.jpg"))

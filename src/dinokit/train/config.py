@@ -165,6 +165,12 @@ class TrainConfig:
             raise ConfigError("invalid configuration: " + "; ".join(problems))  # one line for the CLI
         return self
 
+    @property
+    def knn_image_size(self) -> int:
+        """The side k-NN evaluates at: a small-image run's whole canvas (as `dinokit knn` defaults to
+        for its checkpoints), else the global crops' size."""
+        return self.canvas_size or self.global_crops_size
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 

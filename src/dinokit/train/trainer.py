@@ -225,7 +225,7 @@ class Trainer:
         if not self.main:
             return
         if cfg.knn_every and cfg.knn_train_path and cfg.knn_val_path:  # bad folders fail now, not after an epoch
-            self._knn = OnlineKNN(cfg.knn_train_path, cfg.knn_val_path, cfg.global_crops_size, cfg.knn_k)
+            self._knn = OnlineKNN(cfg.knn_train_path, cfg.knn_val_path, cfg.knn_image_size, cfg.knn_k)
         try:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         except OSError as e:
