@@ -180,7 +180,12 @@ def test_online_and_demo_knn_evaluate_where_dinokit_knn_does(preset):
     cfg = load_config({"data_path": "d", "output_dir": "o"}, preset=preset)
     assert cfg.knn_image_size == 32  # the CIFAR canvas, also where 24 px crops were taken from
     assert training_image_size({"args": cfg.to_dict()}) == cfg.knn_image_size  # `dinokit knn`'s default
-    assert load_config({"data_path": "d", "output_dir": "o", "global_crops_size": 96}).knn_image_size == 96
+
+
+@pytest.mark.parametrize("crops, canvas, size", [(96, 0, 96), (224, 0, 224), (224, 256, 224), (24, 40, 40)])
+def test_knn_image_size_is_a_small_canvas_else_the_global_crops(crops, canvas, size):
+    cfg = load_config({"data_path": "d", "output_dir": "o", "global_crops_size": crops, "canvas_size": canvas})
+    assert cfg.knn_image_size == size
 
 
 def test_cli_reports_bad_flag_in_one_line(tmp_path):

@@ -167,9 +167,9 @@ class TrainConfig:
 
     @property
     def knn_image_size(self) -> int:
-        """The side k-NN evaluates at: a small-image run's whole canvas (as `dinokit knn` defaults to
-        for its checkpoints), else the global crops' size."""
-        return self.canvas_size or self.global_crops_size
+        """The side k-NN evaluates at: a small-image run's whole canvas (under 128 px, as `dinokit knn`
+        defaults to for its checkpoints), else the global crops' size."""
+        return self.canvas_size if 0 < self.canvas_size < 128 else self.global_crops_size
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
