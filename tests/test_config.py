@@ -182,7 +182,7 @@ def test_online_and_demo_knn_evaluate_where_dinokit_knn_does(preset):
     assert training_image_size({"args": cfg.to_dict()}) == cfg.knn_image_size  # `dinokit knn`'s default
 
 
-@pytest.mark.parametrize("crops, canvas, size", [(96, 0, 96), (224, 0, 224), (224, 256, 224), (24, 40, 40)])
+@pytest.mark.parametrize("crops, canvas, size", [(96, 0, 96), (224, 0, 224), (224, 256, 224), (32, 48, 48)])
 def test_knn_image_size_is_a_small_canvas_else_the_global_crops(crops, canvas, size):
     cfg = load_config({"data_path": "d", "output_dir": "o", "global_crops_size": crops, "canvas_size": canvas})
     assert cfg.knn_image_size == size
