@@ -31,8 +31,8 @@ HELP = {
     "precision": "auto (bf16 on a CPU with bf16 units, else fp32; fp16 with --use_fp16 on GPU), fp32, bf16 or fp16",
     "cache": "decode the dataset once into memory: auto (if it fits in a quarter of RAM), yes, no",
     "time_budget": "fit the whole schedule into this wall-clock time, e.g. 30m or 1h30m (0: none, --epochs rules)",
-    "knn_every": "online k-NN of the teacher every N epochs, at --canvas_size if set (under 128), else --global_crops_size "
-                 "(needs --knn_train_path, --knn_val_path)",
+    "knn_every": "online k-NN of the teacher every N epochs, at --canvas_size if set (under 128), else "
+                 "--global_crops_size (needs --knn_train_path, --knn_val_path)",
     "global_crops_size_start": "progressive resizing: the global crops grow from this size to "
                                "--global_crops_size over the run (0: off)",
     "global_crops_scale_start": "crop curriculum: the global crops' least area starts at this and moves linearly "
