@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from ..models.pretrained import training_image_size
 from .loss import CENTERINGS
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "parse_duration"]
@@ -167,9 +168,9 @@ class TrainConfig:
 
     @property
     def knn_image_size(self) -> int:
-        """The side k-NN evaluates at: a small-image run's whole canvas (under 128 px, as `dinokit knn`
-        defaults to for its checkpoints), else the global crops' size."""
-        return self.canvas_size if 0 < self.canvas_size < 128 else self.global_crops_size
+        """The side k-NN evaluates at: where `dinokit knn` evaluates this run's checkpoints (a small-image
+        run's whole canvas), else the global crops' size."""
+        return training_image_size({"args": self.to_dict()}) or self.global_crops_size
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
