@@ -103,18 +103,26 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ``ConfigError`` for values that are out of range or inconsistent."""
+        problems = (self._choice_problems() + self._size_problems() + self._range_problems()
+                    + self._schedule_problems())
+        if self.time_budget:
+            parse_duration(self.time_budget)
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))  # one line for the CLI
+        return self
+
+    def _choice_problems(self) -> list[str]:
+        """Flags that name one of a fixed set of choices."""
         from ..models import ARCHS
+        choices = {"arch": ARCHS, "optimizer": ("adamw", "sgd", "lars"),
+                   "precision": ("auto", "fp32", "bf16", "fp16"), "centering": CENTERINGS,
+                   "cache": ("auto", "yes", "no")}
+        return [f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                for name, allowed in choices.items() if getattr(self, name) not in allowed]
+
+    def _size_problems(self) -> list[str]:
+        """Crop sizes against the patch size and each other."""
         problems = []
-        if self.arch not in ARCHS:
-            problems.append(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
-        if self.optimizer not in ("adamw", "sgd", "lars"):
-            problems.append(f"--optimizer {self.optimizer!r} is not one of adamw, sgd, lars")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            problems.append(f"--precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
-        if self.centering not in CENTERINGS:
-            problems.append(f"--centering {self.centering!r} is not one of {', '.join(CENTERINGS)}")
-        if self.cache not in ("auto", "yes", "no"):
-            problems.append(f"--cache {self.cache!r} is not one of auto, yes, no")
         if self.arch.startswith("vit"):
             for name in ("global_crops_size", "local_crops_size", "global_crops_size_start"):
                 size = getattr(self, name)
@@ -123,8 +131,12 @@ class TrainConfig:
         if not 0 <= self.global_crops_size_start <= self.global_crops_size:
             problems.append(f"--global_crops_size_start {self.global_crops_size_start}: use 0 (off) or a size "
                             f"up to --global_crops_size {self.global_crops_size}")
-        problems += [f"--{name} must be positive, got {getattr(self, name)}" for name in _POSITIVE
-                     if getattr(self, name) <= 0]
+        return problems
+
+    def _range_problems(self) -> list[str]:
+        """Numbers outside the range where they mean something."""
+        problems = [f"--{name} must be positive, got {getattr(self, name)}" for name in _POSITIVE
+                    if getattr(self, name) <= 0]
         problems += [f"--{name} cannot be negative, got {getattr(self, name)}" for name in _NON_NEGATIVE
                      if getattr(self, name) < 0]
         if self.out_dim == 1:  # a softmax over one prototype is 1 whatever the input: nothing to learn
@@ -133,11 +145,6 @@ class TrainConfig:
             problems.append(f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0 <= self.center_momentum <= 1:
             problems.append(f"--center_momentum must be in [0, 1], got {self.center_momentum}")
-        if self.epochs <= 0 and not self.time_budget:
-            problems.append("--epochs must be positive (or give --time_budget)")
-        if not 0 <= self.momentum_teacher <= self.momentum_teacher_end <= 1:
-            problems.append(f"--momentum_teacher {self.momentum_teacher} and --momentum_teacher_end "
-                            f"{self.momentum_teacher_end}: need 0 <= start <= end <= 1")
         for name in ("p_color_jitter", "p_grayscale", "p_solarize", "p_blur"):
             values = getattr(self, name)
             values = values if isinstance(values, tuple) else (values,)
@@ -152,6 +159,16 @@ class TrainConfig:
         if not 0 <= self.global_crops_scale_start <= self.global_crops_scale[1]:
             problems.append(f"--global_crops_scale_start {self.global_crops_scale_start}: use 0 (off) or an area "
                             f"up to the max of --global_crops_scale ({self.global_crops_scale[1]})")
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        """Epochs, warm-ups, the teacher's momentum and the online k-NN's folders."""
+        problems = []
+        if self.epochs <= 0 and not self.time_budget:
+            problems.append("--epochs must be positive (or give --time_budget)")
+        if not 0 <= self.momentum_teacher <= self.momentum_teacher_end <= 1:
+            problems.append(f"--momentum_teacher {self.momentum_teacher} and --momentum_teacher_end "
+                            f"{self.momentum_teacher_end}: need 0 <= start <= end <= 1")
         if not self.time_budget:
             for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
                 if getattr(self, name) > max(self.epochs, 0):
@@ -160,11 +177,7 @@ class TrainConfig:
         if self.knn_every and not (self.knn_train_path and self.knn_val_path):
             problems.append(f"--knn_every {self.knn_every} needs --knn_train_path and --knn_val_path "
                             f"(labelled image folders)")
-        if self.time_budget:
-            parse_duration(self.time_budget)
-        if problems:
-            raise ConfigError("invalid configuration: " + "; ".join(problems))  # one line for the CLI
-        return self
+        return problems
 
     @property
     def knn_image_size(self) -> int:
@@ -260,39 +273,53 @@ def _budget_off(text: str) -> bool:
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """A YAML/flag value converted to the field's type, or ``ConfigError``."""
-    try:
-        if typ is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            if isinstance(value, bool):
-                return value
-            raise TypeError
-        if typ in (int, float):
-            if isinstance(value, bool):
-                raise TypeError
-            out = typ(value)
-            if typ is int and isinstance(value, float) and value != int(value):
-                raise TypeError
-            return out
-        if typ is str:
-            if value is None:
-                raise TypeError
-            return str(value)
-        if get_origin(typ) is tuple:
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
-            out = tuple(float(v) for v in value)
-            if len(out) != len(get_args(typ)):
-                raise ValueError
-            return out
-    except (TypeError, ValueError):
-        pass
-    else:
+    convert = _to_tuple if get_origin(typ) is tuple else _CONVERTERS.get(typ)
+    if convert is None:
         return value
+    try:
+        return convert(value, typ)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(typ)}") from None
+
+
+def _to_bool(value: Any, typ: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise TypeError
+
+
+def _to_number(value: Any, typ: Any) -> int | float:
+    if isinstance(value, bool) or (typ is int and isinstance(value, float) and value != int(value)):
+        raise TypeError  # True is not 1 epoch, and 2.5 is not an int
+    return typ(value)
+
+
+def _to_str(value: Any, typ: Any) -> str:
+    if value is None:
+        raise TypeError
+    return str(value)
+
+
+def _to_tuple(value: Any, typ: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    out = tuple(float(v) for v in value)
+    if len(out) != len(get_args(typ)):
+        raise ValueError
+    return out
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_number, float: _to_number, str: _to_str}
+
+
+def _type_name(typ: Any) -> str:
+    """How an error message names a field's type."""
+    if get_origin(typ) is not tuple:
+        return getattr(typ, "__name__", str(typ))
     n = len(get_args(typ))
-    kind = getattr(typ, "__name__", typ) if get_origin(typ) is not tuple else \
-        "pair of numbers (min, max), e.g. [0.4, 1.0]" if n == 2 else f"list of {n} numbers"
-    raise ConfigError(f"{name}: {value!r} is not a valid {kind}")
+    return "pair of numbers (min, max), e.g. [0.4, 1.0]" if n == 2 else f"list of {n} numbers"
 
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,
