@@ -114,6 +114,7 @@ def test_a_preset_named_in_the_yaml_file_is_applied(tmp_path):
     ({"teacher_temp": 0}, "--teacher_temp must be positive"),
     ({"drop_path_rate": 1.0}, r"--drop_path_rate must be in \[0, 1\)"),
     ({"log_every": 0}, "--log_every must be positive"),
+    ({"patch_size": 0}, "--patch_size must be positive"),
     ({"center_momentum": 1.5}, "--center_momentum"),
     ({"p_blur": (1.0, 0.1, 1.5)}, r"--p_blur 1.0 0.1 1.5: a probability must lie in \[0, 1\]"),
     ({"knn_every": 1}, "--knn_every 1 needs --knn_train_path and --knn_val_path"),

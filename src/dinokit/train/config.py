@@ -123,7 +123,7 @@ class TrainConfig:
     def _size_problems(self) -> list[str]:
         """Crop sizes against the patch size and each other."""
         problems = []
-        if self.arch.startswith("vit"):
+        if self.arch.startswith("vit") and self.patch_size > 0:  # a patch size of 0 is a range problem
             for name in ("global_crops_size", "local_crops_size", "global_crops_size_start"):
                 size = getattr(self, name)
                 if size % self.patch_size:
