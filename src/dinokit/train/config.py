@@ -13,6 +13,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..models.pretrained import training_image_size
+from ..runtime import PRECISIONS
 from .loss import CENTERINGS
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "parse_duration"]
@@ -115,7 +116,7 @@ class TrainConfig:
         """Flags that name one of a fixed set of choices."""
         from ..models import ARCHS
         choices = {"arch": ARCHS, "optimizer": ("adamw", "sgd", "lars"),
-                   "precision": ("auto", "fp32", "bf16", "fp16"), "centering": CENTERINGS,
+                   "precision": PRECISIONS, "centering": CENTERINGS,
                    "cache": ("auto", "yes", "no")}
         return [f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 for name, allowed in choices.items() if getattr(self, name) not in allowed]
