@@ -218,7 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # student's late gains at low learning rate: +6.3 over random on three seeds instead of +5.5.
     # 0.98 rather than 0.99 halves the teacher's lag (about 50 steps, not 100), which counts most
     # where 5 minutes hold few steps: +1.25 k-NN on four paired seeds on an fp32-only CPU (650-730 steps),
-    # +1.4 and +1.7 with the step counts of faster machines (1,010 and 1,900 steps).
+    # +1.4 at 1,010 steps, +1.7 and -0.4 at 1,900 (the step counts of faster machines).
     "demo": dict(arch="vit_tiny", patch_size=8, out_dim=1024, use_bn_in_head=True, norm_last_layer=False,
                  global_crops_size=32, local_crops_size=16, local_crops_number=0, batch_size_per_gpu=32,
                  drop_path_rate=0.0, canvas_size=32, global_crops_scale=(0.5, 1.0), local_crops_scale=(0.2, 0.5),
