@@ -240,8 +240,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 16 px crops with k-NN at 24 px gave 3.7 more over three seeds (2.8 at 32 px); AMX hours unmeasured.
 PRESETS["cifar_resnet"] = dict(PRESETS["demo"], arch="resnet18_cifar", time_budget="", lr=0.012,
                                momentum_teacher=0.99, momentum_teacher_end=1.0, global_crops_size=24,
-                               head_hidden_dim=512,
-                               global_crops_scale=(0.2, 1.0), global_crops_scale_start=0.5,
+                               head_hidden_dim=512, global_crops_scale=(0.2, 1.0), global_crops_scale_start=0.5,
                                batch_size_per_gpu=64, compile=True, warmup_teacher_temp=0.04, teacher_temp=0.07,
                                warmup_teacher_temp_epochs=30)
 
