@@ -75,6 +75,14 @@ def test_train_help_shows_each_default_once():
     for title in ("model:", "temperature and centering:", "optimisation:", "multi-crop and augmentation:"):
         assert title in text
     assert "cifar_resnet the demo's recipe on resnet18_cifar" in text and "(default: )" not in text
+    assert "cifar_resnet16 cifar_resnet with 16 px crops" in text
+
+
+def test_the_preset_for_cpus_without_amx_changes_only_crops_and_momentum():
+    fast, base = parse("--preset", "cifar_resnet16").to_dict(), parse("--preset", "cifar_resnet").to_dict()
+    changed = {k for k, v in fast.items() if base[k] != v}
+    assert changed == {"preset", "global_crops_size", "momentum_teacher", "momentum_teacher_end"}
+    assert [fast[k] for k in ("global_crops_size", "momentum_teacher", "momentum_teacher_end")] == [16, 0.98, 0.98]
 
 
 def test_flags_preset_and_yaml_precedence(tmp_path):
@@ -176,7 +184,7 @@ def test_a_zero_time_budget_switches_a_presets_budget_off(off):
     assert half_minute.time_budget == "0.5m"
 
 
-@pytest.mark.parametrize("preset", ["demo", "cifar_resnet", "cifar"])
+@pytest.mark.parametrize("preset", ["demo", "cifar_resnet", "cifar_resnet16", "cifar"])
 def test_online_and_demo_knn_evaluate_where_dinokit_knn_does(preset):
     cfg = load_config({"data_path": "d", "output_dir": "o"}, preset=preset)
     assert cfg.knn_image_size == 32  # the CIFAR canvas, also where 24 px crops were taken from

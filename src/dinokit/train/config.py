@@ -244,6 +244,11 @@ PRESETS["cifar_resnet"] = dict(PRESETS["demo"], arch="resnet18_cifar", time_budg
                                head_hidden_dim=512, global_crops_scale=(0.2, 1.0), global_crops_scale_start=0.5,
                                batch_size_per_gpu=64, compile=True, warmup_teacher_temp=0.04, teacher_temp=0.07,
                                warmup_teacher_temp_epochs=30)
+# For CPUs without AMX, where a step costs its arithmetic: 16 px global crops give ~31 epochs an hour
+# where 24 px give ~16, and a teacher momentum held at 0.98 keeps up with the student's late gains.
+# On an AMD EPYC with bf16: 64.16 / 64.65 on seeds 0 / 1 (k-NN at 24 px), cifar_resnet 57.47 / 59.86.
+PRESETS["cifar_resnet16"] = dict(PRESETS["cifar_resnet"], global_crops_size=16, momentum_teacher=0.98,
+                                 momentum_teacher_end=0.98)
 
 
 def parse_duration(text: str) -> float:
