@@ -8,7 +8,8 @@ raw pixels. Prints one JSON object last.
 
 The default is the demo's recipe (ViT-tiny/8, batch-norm head, out_dim 1024), the one measured to
 learn within minutes on 2 CPU cores; ``--preset cifar_resnet`` runs the same recipe on
-``resnet18_cifar`` with 24 px global crops, which learns faster for the same CPU time.
+``resnet18_cifar`` with 24 px global crops, which learns faster for the same CPU time;
+``--preset cifar_resnet16 --eval_size 24`` is its variant for CPUs without AMX (16 px crops).
 ``--preset cifar`` (ViT-tiny/4, the paper's head and learning rate at 32 px) costs 3.5x more a
 step, and the paper's recipe learns slowly at first: the official code after one CIFAR-10 epoch
 (27 CPU minutes) is at a random network's k-NN accuracy.
